@@ -1,0 +1,1 @@
+"""Wall-clock and scaling benchmarks, run as ``python -m benchmarks <name> [--quick]``."""

@@ -1,0 +1,14 @@
+"""natvi — natural-gradient variational inference in PyTorch."""
+
+from natvi import expfam, parameterizations
+from natvi.natgrad import expectation_gradient, natural_gradient
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "expfam",
+    "parameterizations",
+    "natural_gradient",
+    "expectation_gradient",
+    "__version__",
+]

@@ -1,0 +1,48 @@
+"""Small dense linear-algebra helpers used across natvi (all batched over leading dimensions).
+
+Note: ``torch.cholesky_inverse`` has a wrong forward-mode derivative in torch 2.13 (its JVP
+disagrees with finite differences), and natvi's natural gradients take JVPs; so inverses from
+a Cholesky factor go through ``torch.cholesky_solve`` here, whose derivatives are correct.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from natvi._validation import check_finite
+
+__all__ = ["symmetrize", "cholesky", "cho_inverse", "cho_solve_vec"]
+
+
+def symmetrize(A: Tensor) -> Tensor:
+    """``(A + Aᵀ) / 2`` over the last two dimensions."""
+    return 0.5 * (A + A.mT)
+
+
+def cholesky(A: Tensor, name: str) -> Tensor:
+    """Lower Cholesky factor of the symmetric part of ``A`` ``[..., M, M]``.
+
+    Raises ``ValueError`` naming ``name`` when ``A`` is not positive definite (or holds NaN),
+    instead of torch's ``LinAlgError`` deep in a stack.
+    """
+    L, info = torch.linalg.cholesky_ex(symmetrize(A))
+    if bool((info > 0).any()):
+        check_finite(name, A)
+        raise ValueError(
+            f"{name} is not positive definite (Cholesky failed at column "
+            f"{int(info.max())} of {A.shape[-1]}). Pass a symmetric positive-definite matrix; if it "
+            "came from an optimisation step, use a smaller step size or a safeguard."
+        )
+    return L
+
+
+def cho_inverse(L: Tensor) -> Tensor:
+    """``(L Lᵀ)⁻¹`` from a lower Cholesky factor ``L [..., M, M]``, symmetrised."""
+    eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L)
+    return symmetrize(torch.cholesky_solve(eye, L))
+
+
+def cho_solve_vec(b: Tensor, L: Tensor) -> Tensor:
+    """``(L Lᵀ)⁻¹ b`` for ``b [..., M]``."""
+    return torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)

@@ -1,0 +1,23 @@
+"""Dually flat manifolds: exponential families with natural ↔ mean maps and closed-form
+natural gradients (the natural gradient in θ is the ordinary gradient in μ)."""
+
+from natvi.expfam.base import ExponentialFamily, Params
+from natvi.expfam.gaussian import (
+    DiagGaussian,
+    Gaussian,
+    expectation_to_natural,
+    meancov_to_natural,
+    natural_to_expectation,
+    natural_to_meancov,
+)
+
+__all__ = [
+    "ExponentialFamily",
+    "Params",
+    "Gaussian",
+    "DiagGaussian",
+    "natural_to_meancov",
+    "meancov_to_natural",
+    "natural_to_expectation",
+    "expectation_to_natural",
+]
