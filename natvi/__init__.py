@@ -2,6 +2,7 @@
 
 from natvi import expfam, parameterizations
 from natvi.natgrad import expectation_gradient, natural_gradient
+from natvi.variational import GaussianVariational
 
 __version__ = "0.1.0"
 
@@ -10,5 +11,6 @@ __all__ = [
     "parameterizations",
     "natural_gradient",
     "expectation_gradient",
+    "GaussianVariational",
     "__version__",
 ]

@@ -1,0 +1,106 @@
+"""What every benchmark shares: arguments, the results folder, machine info, CSV/MD writers.
+
+Each benchmark writes into ``<out>/<name>/``: ``<table>.csv``, ``<plot>.png`` and
+``README.md`` (a Markdown table plus the machine, library versions and settings), where
+``<out>`` defaults to ``results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+
+def parser(name: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks {name}", description=description)
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 2 min)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="results folder")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def out_dir(args: argparse.Namespace, name: str) -> Path:
+    d = Path(args.out) / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def machine() -> dict[str, str]:
+    """The machine and library versions, recorded beside every result."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+    for mod in ("gpytorch", "pyro", "natvi"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing peer is recorded, not fatal
+            info[mod] = "not installed"
+    return info
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def markdown_table(rows: Sequence[dict], floatfmt: str = ".4g") -> str:
+    keys = list(rows[0].keys())
+    fmt = lambda v: format(v, floatfmt) if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(
+    path: Path,
+    title: str,
+    command: str,
+    settings: dict,
+    tables: dict[str, Sequence[dict]],
+    notes: str = "",
+) -> None:
+    """A Markdown report: title, the command, tables, settings and the machine."""
+    parts = [f"# {title}", "", f"Command: `{command}`", ""]
+    for caption, rows in tables.items():
+        parts += [f"## {caption}", "", markdown_table(rows), ""]
+    if notes:
+        parts += [notes, ""]
+    parts += ["## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()] + [""]
+    parts += ["## Machine", ""] + [f"- {k}: {v}" for k, v in machine().items()] + [""]
+    path.write_text("\n".join(parts))
