@@ -1,7 +1,15 @@
 """The ``natvi`` console script.
 
+Sub-commands::
+
+    natvi demo [--out natvi-demo]                      natural gradients vs Adam, bundled data
+    natvi fit DATA.csv --target COL [--likelihood L] [--inducing M] [--out model.pt]
+    natvi predict model.pt DATA.csv [--out preds.csv]
+    natvi compare DATA.csv --target COL [--out natvi-compare]
+
 Each sub-command lives in a function ``_cmd_<name>(args) -> int``; bad user input raises
-:class:`CLIError`, which :func:`main` prints as one line on stderr with exit status 2.
+:class:`CLIError` (or :class:`natvi._data.DataError`), which :func:`main` prints as one line on
+stderr with exit status 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -9,50 +17,208 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import natvi
+from natvi._data import LIKELIHOODS, DataError
 
-__all__ = ["main", "CLIError"]
+__all__ = ["main", "CLIError", "build_parser"]
 
 
 class CLIError(Exception):
     """A problem with the user's input: printed as one line, exit status 2, no traceback."""
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from natvi import parameterizations
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors become :class:`CLIError` (one line, status 2)."""
 
-    print(f"natvi {natvi.__version__} — natural-gradient variational inference")
-    print("The full demo (a sparse GP classifier, natural gradients vs Adam) is not built yet.")
-    print("Available now:")
-    print("  natvi.natural_gradient(parameterization, xi, grad_xi)")
-    names = ", ".join(cls.__name__ for cls in parameterizations.BUILTIN)
-    print(f"  natvi.parameterizations: {names}")
-    print("  natvi.expfam: Gaussian, DiagGaussian (natural <-> expectation maps, KL, sampling)")
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CLIError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value:g}")
+    return value
+
+
+def _writable_file(path: Path, what: str) -> Path:
+    """Check (without writing) that ``path`` can be created as a file."""
+    if path.is_dir():
+        raise CLIError(f"{what} {path} is a directory; give a file name.")
+    if not path.parent.exists():
+        raise CLIError(f"{what} {path}: directory {path.parent} does not exist; create it first.")
+    return path
+
+
+def _writable_dir(path: Path, what: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"{what} {path} exists and is not a directory; choose another --out.")
+    return path
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from natvi._comparison import bundled_breast_cancer, run_comparison
+
+    out = _writable_dir(args.out, "--out")
+    X, y, _ = bundled_breast_cancer()
+    print(
+        f"natvi {natvi.__version__} demo: sparse GP classifier on scikit-learn's breast-cancer "
+        f"data ({len(y)} patients, {X.shape[1]} features), natural gradients vs Adam."
+    )
+    run_comparison(
+        X, y, task="classification", likelihood="bernoulli", out=out, args=args,
+        title="breast cancer (scikit-learn), sparse GP classifier",
+    )
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from natvi._comparison import run_comparison
+    from natvi._data import check_target, infer_likelihood, read_csv
+
+    out = _writable_dir(args.out, "--out")
+    table = read_csv(args.data)
+    likelihood = args.likelihood or infer_likelihood(table, args.target)
+    y = check_target(table, args.target, likelihood)
+    X = table.features(exclude=args.target)
+    task = "classification" if likelihood in ("bernoulli", "softmax") else "regression"
+    print(f"natvi compare: {args.data} ({len(y)} rows, {X.shape[1]} features), {likelihood}.")
+    run_comparison(X, y, task=task, likelihood=likelihood, out=out, args=args,
+                   title=f"{Path(args.data).name}, target {args.target!r}")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from natvi._data import check_target, infer_likelihood, read_csv
+    from natvi.estimators import make_estimator
+
+    out = _writable_file(args.out, "--out")
+    table = read_csv(args.data)
+    likelihood = args.likelihood or infer_likelihood(table, args.target)
+    y = check_target(table, args.target, likelihood)
+    names = [c for c in table.columns if c != args.target]
+    X = table.features(names)
+    est = make_estimator(
+        likelihood, num_inducing=args.inducing, method=args.method, max_iter=args.max_iter,
+        random_state=args.seed, progress=not args.no_progress,
+    )
+    est.fit(X, y)
+    est.feature_names_ = names
+    est.save(out)
+    print(f"fitted {type(est).__name__} ({likelihood}) on {len(y)} rows, {X.shape[1]} features, "
+          f"{est.inducing_points_.shape[0]} inducing points: {est.n_iter_} iterations, "
+          f"final ELBO {est.elbo_:.4g}, training score {est.score(X, y):.4f}")
+    print(f"model saved to {out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from natvi._data import read_csv
+    from natvi.estimators import load
+
+    if not args.model.is_file():
+        raise CLIError(f"{args.model}: no such model file; create one with 'natvi fit'.")
+    out = _writable_file(args.out, "--out") if args.out is not None else None
+    try:
+        est = load(args.model)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    table = read_csv(args.data)
+    X = table.features(list(est.feature_names_))
+    header, rows = est.prediction_table(X)
+    lines = [",".join(header)] + [",".join(r) for r in rows]
+    text = "\n".join(lines) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        print(f"{len(rows)} predictions written to {out}")
+    return 0
+
+
+def _add_common_fit_args(p: argparse.ArgumentParser, inducing: int) -> None:
+    p.add_argument("--inducing", type=_positive_int, default=inducing, metavar="M",
+                   help=f"number of inducing points, chosen by k-means (default {inducing})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="natvi", description="Natural-gradient variational inference for GP models."
     )
     parser.add_argument("--version", action="version", version=f"natvi {natvi.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the main job on an embedded dataset")
-    demo.set_defaults(func=_cmd_demo)
+
+    demo = sub.add_parser("demo", help="natural gradients vs Adam on a bundled dataset")
+    demo.add_argument("--out", type=Path, default=Path("natvi-demo"),
+                      help="folder for the plot and CSV (default natvi-demo/)")
+    demo.add_argument("--quick", action="store_true", help="fewer iterations (a smoke test)")
+    _add_common_fit_args(demo, inducing=50)
+    demo.set_defaults(func=_cmd_demo, test_size=0.3)
+
+    cmp_ = sub.add_parser("compare", help="natural gradients vs Adam on your CSV file")
+    cmp_.add_argument("data", type=Path, help="CSV file with a header row")
+    cmp_.add_argument("--target", required=True, help="name of the column to predict")
+    cmp_.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
+                      help="default: bernoulli/softmax for class labels, else gaussian")
+    cmp_.add_argument("--out", type=Path, default=Path("natvi-compare"),
+                      help="folder for the plot and CSV (default natvi-compare/)")
+    cmp_.add_argument("--test-size", type=_fraction, default=0.3,
+                      help="held-out fraction (default 0.3)")
+    cmp_.add_argument("--quick", action="store_true", help="fewer iterations (a smoke test)")
+    _add_common_fit_args(cmp_, inducing=50)
+    cmp_.set_defaults(func=_cmd_compare)
+
+    fit = sub.add_parser("fit", help="fit a sparse GP to a CSV file and save it")
+    fit.add_argument("data", type=Path, help="CSV file with a header row")
+    fit.add_argument("--target", required=True, help="name of the column to predict")
+    fit.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
+                     help="default: bernoulli/softmax for class labels, else gaussian")
+    fit.add_argument("--method", choices=("natgrad", "adam"), default="natgrad",
+                     help="optimiser for q(u) (default natgrad)")
+    fit.add_argument("--max-iter", type=_positive_int, default=300,
+                     help="iteration limit; training stops earlier once the ELBO settles")
+    fit.add_argument("--out", type=Path, default=Path("model.pt"),
+                     help="where to save the model (default model.pt)")
+    _add_common_fit_args(fit, inducing=50)
+    fit.set_defaults(func=_cmd_fit)
+
+    pred = sub.add_parser("predict", help="predict with a model saved by 'natvi fit'")
+    pred.add_argument("model", type=Path, help="model file written by 'natvi fit'")
+    pred.add_argument("data", type=Path, help="CSV file with the training feature columns")
+    pred.add_argument("--out", type=Path, default=None, help="CSV file (default: stdout)")
+    pred.set_defaults(func=_cmd_predict)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 0
+    args: argparse.Namespace | None = None
     try:
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help()
+            return 0
         return int(args.func(args))
-    except CLIError as err:
-        print(f"natvi {args.command}: error: {err}", file=sys.stderr)
+    except (CLIError, DataError) as err:
+        cmd = f" {args.command}" if args is not None and args.command else ""
+        print(f"natvi{cmd}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,207 @@
+"""What the sparse-GP estimators share: settings, standardisation, k-means inducing points, the
+model, training with a stopping rule, and saving to a ``weights_only`` file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import gpytorch
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.cluster import KMeans
+from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+
+__all__ = ["SparseGPBase", "kmeans_inducing_points", "FORMAT"]
+
+FORMAT = "natvi.estimator/1"
+"""The ``format`` entry of a saved estimator file."""
+
+_KERNELS = ("rbf", "matern12", "matern32", "matern52")
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def kmeans_inducing_points(X: np.ndarray, M: int, seed: int) -> np.ndarray:
+    """``[min(M, #distinct rows), D]`` inducing inputs: k-means centres of ``X [N, D]``.
+
+    With at most ``M`` distinct rows the rows themselves are used. k-means centres spread the
+    inducing points over where the data lie, a strong start for a sparse GP (Hensman et al.
+    2015 do the same); they are then learned with the hyperparameters.
+    """
+    distinct = np.unique(X, axis=0)
+    if len(distinct) <= M:
+        return distinct
+    km = KMeans(n_clusters=M, n_init=1, random_state=seed).fit(X)
+    return km.cluster_centers_
+
+
+class SparseGPBase(BaseEstimator):
+    """Shared machinery of :class:`~natvi.SparseGPClassifier` and the regressors.
+
+    Subclasses define ``_make_likelihood(n_outputs)``, ``_num_latent()`` and the prediction
+    methods; ``fit`` prepares ``y`` and calls :meth:`_fit_model`.
+    """
+
+    def _check_settings(self) -> None:
+        if self.kernel not in _KERNELS:
+            raise ValueError(f"kernel must be one of {_KERNELS}, got {self.kernel!r}.")
+        if self.method not in ("natgrad", "adam"):
+            raise ValueError(f"method must be 'natgrad' or 'adam', got {self.method!r}.")
+        for name in ("num_inducing", "max_iter", "n_iter_no_change", "warmup_iter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("tol", "learning_rate", "natgrad_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
+                name != "tol" and value == 0
+            ):
+                raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}.")
+
+    # ---------------------------------------------------------------- inputs
+    @property
+    def _torch_kw(self) -> dict[str, Any]:
+        return {"dtype": _DTYPES[self.dtype], "device": torch.device(self.device or "cpu")}
+
+    def _standardize(self, X: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor((X - self.x_mean_) / self.x_scale_, **self._torch_kw)
+
+    def _validate_X(self, X: Any) -> torch.Tensor:
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self._standardize(X)
+
+    # ---------------------------------------------------------------- model
+    def _make_kernel(self, num_dims: int) -> gpytorch.kernels.Kernel:
+        if self.kernel == "rbf":
+            base = gpytorch.kernels.RBFKernel(ard_num_dims=num_dims)
+        else:
+            nu = {"matern12": 0.5, "matern32": 1.5, "matern52": 2.5}[self.kernel]
+            base = gpytorch.kernels.MaternKernel(nu=nu, ard_num_dims=num_dims)
+        base.lengthscale = math.sqrt(num_dims)
+        return gpytorch.kernels.ScaleKernel(base)
+
+    def _build_model(self, Z: torch.Tensor, mean_init: float = 0.0) -> torch.nn.Module:
+        from natvi.gp import SVGP
+
+        mean = gpytorch.means.ConstantMean()
+        mean.constant.data.fill_(mean_init)
+        model = SVGP(
+            kernel=self._make_kernel(Z.shape[-1]),
+            likelihood=self._make_likelihood(),
+            inducing_points=Z,
+            num_latent=self._num_latent(),
+            mean=mean,
+        )
+        return model.to(**self._torch_kw)
+
+    def _fit_model(self, X: np.ndarray, y: torch.Tensor, mean_init: float = 0.0) -> None:
+        """Standardise ``X [N, D]``, place inducing points, build the SVGP and train it."""
+        self._check_settings()
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(2**31 - 1))
+        self.x_mean_ = X.mean(axis=0)
+        scale = X.std(axis=0)
+        self.x_scale_ = np.where(scale > 0, scale, 1.0)
+        Xs = self._standardize(X)
+        Z = kmeans_inducing_points(Xs.cpu().numpy(), int(self.num_inducing), seed)
+        torch.manual_seed(seed)
+        self.model_ = self._build_model(torch.as_tensor(Z, **self._torch_kw), mean_init)
+        self._train(Xs, y.to(self._torch_kw["device"]))
+
+    def _train(self, X: torch.Tensor, y: torch.Tensor) -> None:
+        """Natural steps (log-linear warm-up) + Adam, or Adam on everything; stop on ELBO."""
+        from natvi import fit
+        from natvi.optim.schedules import LogLinearWarmup
+
+        N = X.shape[0]
+        stop = _ElboPlateau(tol=self.tol * N, window=self.n_iter_no_change,
+                            start=self.warmup_iter if self.method == "natgrad" else 0)
+        result = fit(
+            self.model_, X, y, method=self.method, iterations=int(self.max_iter),
+            lr=LogLinearWarmup(1e-4, self.natgrad_lr, self.warmup_iter),
+            hyper_lr=self.learning_rate, callback=stop, progress=self.progress,
+        )
+        self.history_ = result.history
+        self.n_iter_ = len(result.history.elbo)
+        self.elbo_ = float(result.history.elbo[-1])
+
+    @property
+    def inducing_points_(self) -> np.ndarray:
+        """``[M, D]`` learned inducing inputs in the units of the training inputs."""
+        check_is_fitted(self, "model_")
+        Z = self.model_.inducing_points.detach().cpu().numpy()
+        return Z * self.x_scale_ + self.x_mean_
+
+    def _latent(self, X: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of q(f) at ``X``: ``[N]`` each, or ``[N, L]`` for L latents."""
+        with torch.no_grad():
+            return self.model_.predict_f(self._validate_X(X))
+
+    # ---------------------------------------------------------------- saving
+    def _fitted_state(self) -> dict[str, Any]:
+        """Plain data (lists, strings, numbers) that, with the model's state dict, restores
+        the fitted estimator; subclasses extend it."""
+        return {
+            "x_mean_": self.x_mean_.tolist(),
+            "x_scale_": self.x_scale_.tolist(),
+            "n_features_in_": int(self.n_features_in_),
+            "num_inducing_fitted": int(self.model_.inducing_points.shape[-2]),
+            "n_iter_": int(self.n_iter_),
+            "elbo_": float(self.elbo_),
+            "feature_names_": [str(n) for n in getattr(self, "feature_names_", [])],
+        }
+
+    def _restore(self, fitted: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> None:
+        self.x_mean_ = np.asarray(fitted["x_mean_"], dtype=np.float64)
+        self.x_scale_ = np.asarray(fitted["x_scale_"], dtype=np.float64)
+        self.n_features_in_ = fitted["n_features_in_"]
+        self.n_iter_ = fitted["n_iter_"]
+        self.elbo_ = fitted["elbo_"]
+        self.feature_names_ = list(fitted["feature_names_"])
+        Z = torch.zeros(fitted["num_inducing_fitted"], self.n_features_in_, **self._torch_kw)
+        self.model_ = self._build_model(Z)
+        self.model_.load_state_dict(state_dict)
+
+    def save(self, path: str | Path) -> None:
+        """Save the fitted estimator as a state dict plus plain metadata.
+
+        The file loads with ``torch.load(path, weights_only=True)`` (no pickled objects); use
+        :func:`natvi.estimators.load` to get the estimator back.
+        """
+        check_is_fitted(self, "model_")
+        params = self.get_params()
+        for name, value in params.items():
+            if not (value is None or isinstance(value, (bool, int, float, str))):
+                raise ValueError(
+                    f"cannot save: parameter {name}={value!r} is not a plain number or string; "
+                    "pass an integer random_state."
+                )
+        torch.save(
+            {
+                "format": FORMAT,
+                "estimator": type(self).__name__,
+                "params": params,
+                "fitted": self._fitted_state(),
+                "state_dict": {k: v.cpu() for k, v in self.model_.state_dict().items()},
+            },
+            Path(path),
+        )
+
+
+class _ElboPlateau:
+    """Stopping rule: stop once the ELBO gained less than ``tol`` over the last ``window``
+    iterations (counted after ``start``); called with the ELBO history, returns True to stop."""
+
+    def __init__(self, tol: float, window: int, start: int) -> None:
+        self.tol, self.window, self.start = tol, window, start
+
+    def __call__(self, elbos: list[float]) -> bool:
+        t = len(elbos)
+        if t < self.start + self.window + 1:
+            return False
+        return elbos[-1] - elbos[-1 - self.window] < self.tol
