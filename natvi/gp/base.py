@@ -1,0 +1,158 @@
+"""What SVGP and VGP share: the ELBO from q(f) marginals, predictions, parameter groups.
+
+A model computes, from its ``q`` (a :class:`natvi.GaussianVariational` at ``model.q``) through
+autograd and with nothing cached across calls, the marginals of ``q(f)`` at the inputs and
+``KL(q ‖ p)``; the total ELBO is then
+
+    ELBO = (N / B) Σ_{n ∈ batch} E_{q(f_n)}[log p(y_n | f_n)] − KL(q ‖ p).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gpytorch
+import torch
+from torch import Tensor, nn
+
+from natvi._validation import check_finite
+from natvi.gp.conditionals import default_jitter
+from natvi.likelihoods.base import Likelihood
+from natvi.parameterizations import DiagNatural, Natural, Parameterization
+from natvi.variational import GaussianVariational
+
+__all__ = ["VariationalGP"]
+
+
+def resolve_parameterization(
+    parameterization: Parameterization | None, q_diag: bool
+) -> Parameterization:
+    """The default ``Natural()`` / ``DiagNatural()``; a full one with ``q_diag=True`` is an error."""
+    if parameterization is None:
+        return DiagNatural() if q_diag else Natural()
+    if bool(q_diag) != parameterization.diagonal:
+        kind = "diagonal" if parameterization.diagonal else "full-covariance"
+        raise ValueError(
+            f"q_diag={q_diag} but parameterization={parameterization!r} is {kind}; pass a "
+            f"{'diagonal' if q_diag else 'full'} parameterisation (e.g. "
+            f"{'DiagNatural()' if q_diag else 'Natural()'}) or set q_diag={not q_diag}."
+        )
+    return parameterization
+
+
+class VariationalGP(nn.Module):
+    """Base of :class:`~natvi.gp.SVGP` and :class:`~natvi.gp.VGP` (not used directly).
+
+    Subclasses implement ``_qf_and_kl(X, training)`` returning q(f) marginals ``[*b, N]`` (prior
+    mean included) and ``KL(q ‖ p)``, and :meth:`predict_f`.
+
+    Attributes:
+        q: the variational distribution, a :class:`~natvi.GaussianVariational`.
+        jitter: added to the diagonal of prior covariances before a Cholesky; ``None`` means
+            :func:`~natvi.gp.conditionals.default_jitter` of the dtype (1e-6 in float64, 1e-4 in
+            float32).
+    """
+
+    q: GaussianVariational
+
+    def __init__(
+        self,
+        kernel: gpytorch.kernels.Kernel,
+        likelihood: Likelihood,
+        mean: gpytorch.means.Mean | None,
+        num_latent: int,
+        jitter: float | None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(kernel, gpytorch.kernels.Kernel):
+            raise ValueError(f"kernel must be a gpytorch.kernels.Kernel, got {type(kernel).__name__}.")
+        if not isinstance(likelihood, Likelihood):
+            raise ValueError(
+                f"likelihood must be a natvi.likelihoods.Likelihood, got {type(likelihood).__name__}."
+            )
+        if int(num_latent) < 1:
+            raise ValueError(f"num_latent must be a positive integer, got {num_latent}.")
+        if likelihood.num_latent != int(num_latent):
+            raise ValueError(
+                f"num_latent={num_latent} but {type(likelihood).__name__} needs num_latent="
+                f"{likelihood.num_latent}; pass num_latent={likelihood.num_latent}."
+            )
+        kb = tuple(kernel.batch_shape)
+        if kb not in ((), (int(num_latent),)):
+            raise ValueError(
+                f"kernel.batch_shape is {kb}; use a kernel with batch_shape () (shared by all "
+                f"latents) or ({num_latent},) (one per latent function)."
+            )
+        self.kernel = kernel
+        self.likelihood = likelihood
+        self.mean = mean if mean is not None else gpytorch.means.ZeroMean()
+        self.num_latent = int(num_latent)
+        self.jitter = jitter
+
+    def _jitter(self, dtype: torch.dtype) -> float:
+        return default_jitter(dtype) if self.jitter is None else float(self.jitter)
+
+    @property
+    def _batch(self) -> tuple[int, ...]:
+        return (self.num_latent,) if self.num_latent > 1 else ()
+
+    def _prior_mean(self, X: Tensor) -> Tensor:
+        mu = self.mean(X)
+        return mu.expand(*self._batch, X.shape[-2]) if self.num_latent > 1 else mu
+
+    def _to_lik(self, x: Tensor) -> Tensor:
+        """``[*b, N]`` -> the likelihood's ``[N]`` or ``[N, L]`` (broadcast shared latents)."""
+        if self.num_latent == 1:
+            return x.reshape(x.shape[-1])
+        return x.expand(self.num_latent, x.shape[-1]).mT
+
+    def _check_X(self, X: Tensor, name: str = "X") -> Tensor:
+        check_finite(name, X)
+        if X.dim() != 2:
+            raise ValueError(f"{name} must have shape [N, D]; got {tuple(X.shape)}.")
+        return X
+
+    def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def elbo(self, X: Tensor, y: Tensor, num_data: int | None = None) -> Tensor:
+        """The total ELBO, a scalar tensor, differentiable in every parameter.
+
+        Args:
+            X: inputs ``[B, D]``.
+            y: targets ``[B]``.
+            num_data: total number of data N when ``(X, y)`` is a minibatch (the likelihood term
+                is scaled by ``N / B``); ``None`` means ``X`` is all the data.
+        """
+        X = self._check_X(X)
+        if y.shape[:1] != X.shape[:1]:
+            raise ValueError(f"y must have {X.shape[0]} rows like X; got shape {tuple(y.shape)}.")
+        f_mean, f_var, kl = self._qf_and_kl(X)
+        ve = self.likelihood.variational_expectations(self._to_lik(f_mean), self._to_lik(f_var), y)
+        scale = 1.0 if num_data is None else float(num_data) / X.shape[0]
+        return scale * ve.sum() - kl
+
+    def predict_f(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """Marginals of ``q(f)`` at ``X [N, D]``: ``(mean, var)``, ``[N]`` or ``[N, L]``."""
+        raise NotImplementedError
+
+    def predict_y(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """Predictive mean and variance of ``y`` (multi-class: class probabilities ``[N, C]``)."""
+        return self.likelihood.predict_mean_and_var(*self.predict_f(X))
+
+    def predict_log_density(self, X: Tensor, y: Tensor) -> Tensor:
+        """``log p(y_n | data)`` under ``q`` per datum, ``[N]``."""
+        return self.likelihood.predict_log_density(*self.predict_f(X), y)
+
+    def prior_kl(self) -> Tensor:
+        """``KL(q ‖ p)`` (a scalar tensor)."""
+        raise NotImplementedError
+
+    def variational_parameters(self) -> Iterator[nn.Parameter]:
+        """The ξ parameters of ``q`` (for a natural-gradient optimiser)."""
+        return self.q.parameters()
+
+    def hyperparameters(self) -> Iterator[nn.Parameter]:
+        """Kernel, mean-function and likelihood parameters (and learnable inducing inputs)."""
+        own = {id(p) for p in self.q.parameters()}
+        return (p for p in self.parameters() if id(p) not in own)

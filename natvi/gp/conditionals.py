@@ -1,0 +1,111 @@
+"""The hot path of variational GPs: kernel blocks, q(u) in whitened coordinates, q(f) marginals, KL.
+
+Everything is written in whitened coordinates ``v = L_zz⁻¹ u`` (``K_zz + jitter·I = L_zz L_zzᵀ``):
+an unwhitened ``q(u) = N(m, S)`` is first mapped to ``q(v) = N(L_zz⁻¹ m, L_zz⁻¹ S L_zz⁻ᵀ)``
+(``O(M³)``), after which both cases share
+
+    A = L_zz⁻¹ K_zx                                         [*b, M, N]   (one triangular solve)
+    mean_n = μ(x_n) + A[:, n]ᵀ m̃
+    var_n  = k(x_n, x_n) + A[:, n]ᵀ (S̃ − I) A[:, n]         (one [M, M] @ [M, N] product)
+    KL(q(u) ‖ p(u)) = KL(N(m̃, S̃) ‖ N(0, I)) = ½ (tr S̃ + m̃ᵀm̃ − M − log det S̃).
+
+No ``N × N`` matrix and no explicit inverse of a kernel matrix is formed. Batch dimensions
+``[*b]`` are latent functions (``[L]``) or empty; they broadcast between kernel and q.
+"""
+
+from __future__ import annotations
+
+import gpytorch
+import torch
+from linear_operator import to_dense
+from torch import Tensor
+
+from natvi._linalg import cholesky
+
+__all__ = [
+    "kernel_matrix",
+    "kernel_diag",
+    "default_jitter",
+    "chol_with_jitter",
+    "whiten_q",
+    "marginals",
+    "whitened_kl",
+]
+
+
+def kernel_matrix(kernel: gpytorch.kernels.Kernel, X1: Tensor, X2: Tensor) -> Tensor:
+    """Dense ``k(X1, X2)`` ``[*kernel.batch_shape, N1, N2]`` for ``X1 [N1, D]``, ``X2 [N2, D]``."""
+    with gpytorch.settings.lazily_evaluate_kernels(False):
+        return to_dense(kernel(X1, X2))
+
+
+def kernel_diag(kernel: gpytorch.kernels.Kernel, X: Tensor) -> Tensor:
+    """``k(x_n, x_n)`` ``[*kernel.batch_shape, N]``."""
+    with gpytorch.settings.lazily_evaluate_kernels(False):
+        return to_dense(kernel(X, X, diag=True))
+
+
+def default_jitter(dtype: torch.dtype) -> float:
+    """Diagonal jitter: ``1e-6`` in float64, ``1e-4`` in float32 and lower precision."""
+    return 1e-6 if dtype == torch.float64 else 1e-4
+
+
+def chol_with_jitter(K: Tensor, jitter: float, name: str) -> Tensor:
+    """Lower Cholesky factor of ``K + jitter·I`` (``ValueError`` naming ``name`` if it fails)."""
+    K = K + jitter * torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+    return cholesky(K, name)
+
+
+def whiten_q(
+    m: Tensor, S: Tensor, L_zz: Tensor | None, diagonal: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``q(u) = N(m, S)`` -> whitened ``(m̃ [*b, M], S̃, log det S̃ [*b])``.
+
+    ``L_zz=None`` means ``q`` is already whitened. ``S`` is ``[*b, M, M]``, or the variances
+    ``[*b, M]`` when ``diagonal``; ``S̃`` keeps that form when whitened, and is full otherwise.
+    """
+    if L_zz is None:
+        if diagonal:
+            return m, S, S.log().sum(-1)
+        L_S = cholesky(S, "the variational covariance S")
+        return m, S, 2.0 * L_S.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    batch = torch.broadcast_shapes(m.shape[:-1], L_zz.shape[:-2])
+    L_zz = L_zz.expand(*batch, *L_zz.shape[-2:])
+    m_t = torch.linalg.solve_triangular(L_zz, m.expand(*batch, m.shape[-1]).unsqueeze(-1),
+                                        upper=False).squeeze(-1)
+    half_logdet_K = L_zz.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    if diagonal:
+        # L⁻¹ diag(s) L⁻ᵀ = (L⁻¹ diag(√s)) (L⁻¹ diag(√s))ᵀ, the factor lower triangular.
+        R = torch.linalg.solve_triangular(L_zz, torch.diag_embed(S.sqrt()).expand_as(L_zz),
+                                          upper=False)
+        return m_t, R @ R.mT, S.log().sum(-1) - 2.0 * half_logdet_K
+    L_S = cholesky(S, "the variational covariance S")
+    R = torch.linalg.solve_triangular(L_zz, L_S.expand_as(L_zz), upper=False)
+    logdet = 2.0 * (L_S.diagonal(dim1=-2, dim2=-1).log().sum(-1) - half_logdet_K)
+    return m_t, R @ R.mT, logdet
+
+
+def marginals(
+    A: Tensor, kxx: Tensor, m_t: Tensor, S_t: Tensor, diagonal: bool
+) -> tuple[Tensor, Tensor]:
+    """q(f) marginals at N points (prior mean excluded): ``(mean [*b, N], var [*b, N])``.
+
+    Args:
+        A: ``L_zz⁻¹ K_zx`` ``[*b, M, N]``.
+        kxx: prior variances ``[*b, N]``.
+        m_t, S_t: whitened q, ``[*b, M]`` and ``[*b, M, M]`` (``[*b, M]`` when ``diagonal``).
+    """
+    mean = (m_t.unsqueeze(-2) @ A).squeeze(-2)
+    if diagonal:
+        var = kxx + ((S_t - 1.0).unsqueeze(-1) * A.square()).sum(-2)
+    else:
+        eye = torch.eye(S_t.shape[-1], dtype=S_t.dtype, device=S_t.device)
+        var = kxx + (A * ((S_t - eye) @ A)).sum(-2)
+    return mean, var
+
+
+def whitened_kl(m_t: Tensor, S_t: Tensor, logdet_S_t: Tensor, diagonal: bool) -> Tensor:
+    """``KL(N(m̃, S̃) ‖ N(0, I))`` summed over batch dimensions (a scalar)."""
+    trace = S_t.sum(-1) if diagonal else S_t.diagonal(dim1=-2, dim2=-1).sum(-1)
+    M = m_t.shape[-1]
+    return 0.5 * (trace + m_t.square().sum(-1) - M - logdet_S_t).sum()

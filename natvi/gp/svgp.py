@@ -1,0 +1,144 @@
+"""Sparse variational GP (Hensman et al. 2013/2015) with q(u) in any parameterisation."""
+
+from __future__ import annotations
+
+import gpytorch
+import torch
+from torch import Tensor, nn
+
+from natvi._validation import check_finite
+from natvi.gp.base import VariationalGP, resolve_parameterization
+from natvi.gp.conditionals import (
+    chol_with_jitter,
+    kernel_diag,
+    kernel_matrix,
+    marginals,
+    whiten_q,
+    whitened_kl,
+)
+from natvi.likelihoods.base import Likelihood
+from natvi.parameterizations import Parameterization
+from natvi.variational import GaussianVariational
+
+__all__ = ["SVGP"]
+
+
+class SVGP(VariationalGP):
+    """Sparse variational GP: ``M`` inducing inputs ``Z``, ``q(u) = N(m, S)``, ``u = f(Z)``.
+
+    With ``K_zz + jitter·I = L_zz L_zzᵀ`` and ``A = L_zz⁻¹ K_zx``, whitened (``u = L_zz v``,
+    ``q`` over ``v``, prior ``N(0, I)``) or not (``q`` over ``u``, prior ``N(0, K_zz)``):
+
+        q(f_n) = N(μ(x_n) + A_nᵀ m̃,  k(x_n, x_n) + A_nᵀ (S̃ − I) A_n)
+        ELBO   = (N/B) Σ_n E_{q(f_n)}[log p(y_n | f_n)] − KL(q(u) ‖ p(u))
+
+    (``m̃, S̃`` the whitened q; see :mod:`natvi.gp.conditionals`). One Cholesky of ``K_zz`` per
+    call, no ``N × N`` matrix. The ELBO is computed afresh from ``model.q``'s ξ at every call, so
+    a natural-gradient optimiser can read the gradients of ξ.
+
+    Multi-latent models (``num_latent = L > 1``: multi-class, heteroskedastic) hold ``q`` with
+    ``batch_shape (L,)`` (``m [L, M]``, ``S [L, M, M]``) and share the inducing inputs ``Z``; the
+    kernel either has ``batch_shape (L,)`` (independent hyperparameters per latent) or ``()``
+    (one kernel shared by all latents; the latents are still independent a priori).
+
+    Args:
+        kernel: a ``gpytorch.kernels.Kernel`` (cast to ``Z``'s dtype and device).
+        likelihood: a :class:`natvi.likelihoods.Likelihood` with ``num_latent`` latents.
+        inducing_points: ``Z [M, D]``; fixes the model's dtype and device.
+        whiten: hold ``q`` over whitened ``v`` (default) or over ``u``.
+        parameterization: coordinates of ``q`` (default ``Natural()``, ``DiagNatural()`` when
+            ``q_diag``).
+        num_latent: number of latent functions ``L``.
+        mean: a ``gpytorch.means.Mean`` (default zero).
+        q_diag: mean-field ``q`` (a diagonal parameterisation).
+        learn_inducing: whether ``Z`` is a learnable hyperparameter.
+        jitter: see :class:`~natvi.gp.base.VariationalGP`.
+
+    ``q`` starts at the prior: ``N(0, I)`` whitened, ``N(0, K_zz + jitter·I)`` (``diag``
+    thereof if ``q_diag``) unwhitened.
+
+    Example:
+        >>> k = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())
+        >>> model = SVGP(kernel=k, likelihood=Bernoulli(), inducing_points=X[:50].clone())
+        >>> loss = -model.elbo(X, y)
+    """
+
+    def __init__(
+        self,
+        kernel: gpytorch.kernels.Kernel,
+        likelihood: Likelihood,
+        inducing_points: Tensor,
+        whiten: bool = True,
+        parameterization: Parameterization | None = None,
+        num_latent: int = 1,
+        mean: gpytorch.means.Mean | None = None,
+        q_diag: bool = False,
+        learn_inducing: bool = True,
+        jitter: float | None = None,
+    ) -> None:
+        super().__init__(kernel, likelihood, mean, num_latent, jitter)
+        Z = inducing_points
+        check_finite("inducing_points", Z)
+        if Z.dim() != 2 or not Z.is_floating_point():
+            raise ValueError(
+                f"inducing_points must be a floating-point tensor [M, D]; got {tuple(Z.shape)}, "
+                f"{Z.dtype}."
+            )
+        parameterization = resolve_parameterization(parameterization, q_diag)
+        self.whiten = bool(whiten)
+        self.q_diag = bool(q_diag)
+        if learn_inducing:
+            self.inducing_points = nn.Parameter(Z.detach().clone())
+        else:
+            self.register_buffer("inducing_points", Z.detach().clone())
+        self.to(dtype=Z.dtype, device=Z.device)
+        M = Z.shape[0]
+        mean0, cov0 = None, None
+        if not self.whiten:
+            with torch.no_grad():
+                L = chol_with_jitter(kernel_matrix(self.kernel, Z, Z), self._jitter(Z.dtype), "K_zz")
+                cov0 = (L @ L.mT).expand(*self._batch, M, M)
+                if self.q_diag:
+                    cov0 = cov0.diagonal(dim1=-2, dim2=-1)
+                mean0 = torch.zeros(*self._batch, M, dtype=Z.dtype, device=Z.device)
+        self.q = GaussianVariational(
+            M, self._batch, parameterization, mean=mean0, cov=cov0, dtype=Z.dtype, device=Z.device
+        )
+
+    @property
+    def num_inducing(self) -> int:
+        return self.inducing_points.shape[0]
+
+    def _chol_zz(self) -> Tensor:
+        Z = self.inducing_points
+        return chol_with_jitter(kernel_matrix(self.kernel, Z, Z), self._jitter(Z.dtype), "K_zz")
+
+    def _whitened_q(self, L_zz: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
+        m, S = self.q.meancov()
+        m_t, S_t, logdet = whiten_q(m, S, None if self.whiten else L_zz, self.q_diag)
+        return m_t, S_t, logdet, self.q_diag and self.whiten
+
+    def _conditional(self, X: Tensor, L_zz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        m_t, S_t, logdet, diag = self._whitened_q(L_zz)
+        K_zx = kernel_matrix(self.kernel, self.inducing_points, X)
+        A = torch.linalg.solve_triangular(L_zz, K_zx, upper=False)
+        mean, var = marginals(A, kernel_diag(self.kernel, X), m_t, S_t, diag)
+        return mean + self._prior_mean(X), var, whitened_kl(m_t, S_t, logdet, diag)
+
+    def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self._conditional(X, self._chol_zz())
+
+    def predict_f(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        X = self._check_X(X)
+        mean, var, _ = self._conditional(X, self._chol_zz())
+        return self._to_lik(mean), self._to_lik(var)
+
+    def prior_kl(self) -> Tensor:
+        m_t, S_t, logdet, diag = self._whitened_q(self._chol_zz())
+        return whitened_kl(m_t, S_t, logdet, diag)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_inducing={self.num_inducing}, num_latent={self.num_latent}, "
+            f"whiten={self.whiten}, q_diag={self.q_diag}"
+        )

@@ -1,0 +1,190 @@
+"""The likelihood base class and the shared Gauss–Hermite / Monte Carlo expectation paths.
+
+A likelihood ``p(y | f)`` over ``num_latent`` latent functions defines its log-density
+:meth:`Likelihood.log_prob` and what its labels may be (:meth:`Likelihood.check_y`); everything a
+variational model needs is derived from those two unless a subclass has something better:
+
+- ``variational_expectations(f_mean, f_var, y) = E_{q(f_n)}[log p(y_n | f_n)]`` per datum, with
+  ``q(f_n) = N(f_mean_n, diag f_var_n)``: Gauss–Hermite quadrature with ``num_gh`` points per latent
+  (a tensor-product grid when ``num_latent > 1``), ``f = μ + sqrt(2 v) x``, weights ``w / sqrt(π)``;
+- ``predict_log_density(f_mean, f_var, y) = log E_q[p(y_n | f_n)]`` (held-out log predictive);
+- ``predict_mean_and_var(f_mean, f_var)``: the mean and variance of ``y`` under ``q``, from the
+  conditional moments ``E[y | f]`` and ``Var[y | f]`` by the same quadrature.
+
+Shapes: ``num_latent == 1``: ``f_mean``, ``f_var`` and ``y`` are ``[N]``; ``num_latent = L > 1``:
+``f_mean``, ``f_var`` are ``[N, L]`` and ``y`` is ``[N]``. Results are ``[N]`` (the predictive mean of
+a multi-class likelihood is ``[N, C]``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from natvi._validation import check_finite
+
+__all__ = ["Likelihood", "gauss_hermite", "quadrature", "positive", "inv_positive"]
+
+
+@lru_cache(maxsize=32)
+def _gh_grid(num_points: int, num_latent: int) -> tuple[np.ndarray, np.ndarray]:
+    x, w = np.polynomial.hermite.hermgauss(num_points)
+    w = w / math.sqrt(math.pi)
+    grids = np.meshgrid(*([x] * num_latent), indexing="ij")
+    wgrids = np.meshgrid(*([w] * num_latent), indexing="ij")
+    nodes = np.stack([g.reshape(-1) for g in grids], axis=-1)
+    weights = np.prod(np.stack([g.reshape(-1) for g in wgrids], axis=-1), axis=-1)
+    return nodes, weights
+
+
+def gauss_hermite(
+    num_points: int, num_latent: int = 1, *, dtype: torch.dtype, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
+    """Nodes ``[num_points**L, L]`` and weights ``[num_points**L]`` for ``E_{N(0, I)}[g(z)]``.
+
+    ``E[g(z)] ≈ Σ_k w_k g(z_k)`` with ``z_k = sqrt(2) x_k`` (``x`` the physicists' Hermite nodes)
+    and weights summing to one; exact for polynomials of degree ``< 2 num_points`` per axis.
+    """
+    x, w = _gh_grid(int(num_points), int(num_latent))
+    nodes = torch.as_tensor(x * math.sqrt(2.0), dtype=dtype, device=device)
+    return nodes, torch.as_tensor(w, dtype=dtype, device=device)
+
+
+def quadrature(
+    fn: Callable[[Tensor], Tensor], f_mean: Tensor, f_var: Tensor, num_points: int, num_latent: int
+) -> Tensor:
+    """``E_{N(f_mean, diag f_var)}[fn(F)]`` by Gauss–Hermite, per datum.
+
+    Args:
+        fn: maps ``F [K, N]`` (``num_latent == 1``) or ``F [K, N, L]`` to ``[K, N]``.
+        f_mean, f_var: ``[N]`` or ``[N, L]``.
+    """
+    z, w = gauss_hermite(num_points, num_latent, dtype=f_mean.dtype, device=f_mean.device)
+    sd = f_var.clamp_min(0).sqrt()
+    if num_latent == 1:
+        F = f_mean + sd * z  # [K, N]
+    else:
+        F = f_mean + sd * z.unsqueeze(-2)  # [K, N, L]
+    return torch.einsum("k,kn->n", w, fn(F))
+
+
+def positive(raw: Tensor) -> Tensor:
+    """The positivity constraint of likelihood parameters: ``softplus(raw)``."""
+    return nn.functional.softplus(raw)
+
+
+def inv_positive(value: float | Tensor, name: str) -> Tensor:
+    """``softplus⁻¹(value)``, raising ``ValueError`` naming ``name`` unless ``value > 0``."""
+    v = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    if not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
+        raise ValueError(f"{name} must be a finite positive number; got {value}.")
+    return v + torch.log(-torch.expm1(-v))
+
+
+class Likelihood(nn.Module):
+    """Base class: ``p(y | f)`` with ``num_latent`` latent functions per datum.
+
+    Subclasses define :meth:`log_prob` and :meth:`check_y`, and for predictions
+    :meth:`conditional_mean` and :meth:`conditional_variance`; they override
+    :meth:`_variational_expectations` where a closed form exists.
+
+    Attributes:
+        num_latent: latent functions per datum (a model checks its own ``num_latent`` matches).
+        num_gh: Gauss–Hermite points per latent dimension (default 20, as GPyTorch).
+    """
+
+    num_latent: int = 1
+
+    def __init__(self, num_gh: int = 20) -> None:
+        super().__init__()
+        if int(num_gh) < 1:
+            raise ValueError(f"num_gh must be a positive integer, got {num_gh}.")
+        self.num_gh = int(num_gh)
+
+    def log_prob(self, F: Tensor, y: Tensor) -> Tensor:
+        """``log p(y | F)``: ``F [..., N]`` (or ``[..., N, L]``), ``y [N]`` -> ``[..., N]``."""
+        raise NotImplementedError
+
+    def check_y(self, y: Tensor) -> Tensor:
+        """Validate labels ``y [N]`` (``ValueError`` outside the support); return them as used."""
+        check_finite("y", y)
+        return y
+
+    def conditional_mean(self, F: Tensor) -> Tensor:
+        """``E[y | F]`` for ``F [..., N]`` (or ``[..., N, L]``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define conditional_mean")
+
+    def conditional_variance(self, F: Tensor) -> Tensor:
+        """``Var[y | F]`` for ``F [..., N]`` (or ``[..., N, L]``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define conditional_variance")
+
+    def _check_f(self, f_mean: Tensor, f_var: Tensor, y: Tensor | None = None) -> None:
+        want = "[N]" if self.num_latent == 1 else f"[N, {self.num_latent}]"
+        ok = f_mean.dim() == (1 if self.num_latent == 1 else 2) and (
+            self.num_latent == 1 or f_mean.shape[-1] == self.num_latent
+        )
+        if not ok or f_var.shape != f_mean.shape:
+            raise ValueError(
+                f"{type(self).__name__} has num_latent={self.num_latent}, so f_mean and f_var "
+                f"must both have shape {want}; got {tuple(f_mean.shape)} and {tuple(f_var.shape)}."
+            )
+        if y is not None and y.shape != f_mean.shape[:1]:
+            raise ValueError(
+                f"y must have shape [N] = {tuple(f_mean.shape[:1])} to match f_mean; "
+                f"got {tuple(y.shape)}."
+            )
+
+    def variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
+        """``E_{N(f_mean, f_var)}[log p(y_n | f_n)]`` per datum, ``[N]``.
+
+        Example:
+            >>> lik = Bernoulli()
+            >>> ve = lik.variational_expectations(torch.zeros(3), torch.ones(3), torch.ones(3))
+        """
+        self._check_f(f_mean, f_var, y)
+        y = self.check_y(y)
+        return self._variational_expectations(f_mean, f_var, y)
+
+    def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
+        return self.quadrature_expectations(f_mean, f_var, y)
+
+    def quadrature_expectations(
+        self, f_mean: Tensor, f_var: Tensor, y: Tensor, num_points: int | None = None
+    ) -> Tensor:
+        """The generic Gauss–Hermite variational expectation (the reference for closed forms)."""
+        n = self.num_gh if num_points is None else num_points
+        return quadrature(lambda F: self.log_prob(F, y), f_mean, f_var, n, self.num_latent)
+
+    def predict_log_density(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
+        """``log ∫ p(y_n | f) N(f; f_mean_n, f_var_n) df`` per datum, ``[N]``."""
+        self._check_f(f_mean, f_var, y)
+        y = self.check_y(y)
+        return self._predict_log_density(f_mean, f_var, y)
+
+    def _predict_log_density(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
+        z, w = gauss_hermite(self.num_gh, self.num_latent, dtype=f_mean.dtype, device=f_mean.device)
+        sd = f_var.clamp_min(0).sqrt()
+        F = f_mean + sd * (z if self.num_latent == 1 else z.unsqueeze(-2))
+        return torch.logsumexp(self.log_prob(F, y) + w.log().unsqueeze(-1), dim=0)
+
+    def predict_mean_and_var(self, f_mean: Tensor, f_var: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of ``y`` under ``q(f)``: ``E[E[y|f]]``, ``E[Var[y|f]] + Var[E[y|f]]``."""
+        self._check_f(f_mean, f_var)
+        return self._predict_mean_and_var(f_mean, f_var)
+
+    def _predict_mean_and_var(self, f_mean: Tensor, f_var: Tensor) -> tuple[Tensor, Tensor]:
+        L, n = self.num_latent, self.num_gh
+        mean = quadrature(self.conditional_mean, f_mean, f_var, n, L)
+        second = quadrature(
+            lambda F: self.conditional_variance(F) + self.conditional_mean(F) ** 2,
+            f_mean, f_var, n, L,
+        )
+        return mean, second - mean**2
+
+    def extra_repr(self) -> str:
+        return f"num_latent={self.num_latent}, num_gh={self.num_gh}"

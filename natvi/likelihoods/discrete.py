@@ -1,0 +1,103 @@
+"""Likelihoods for binary and count data: Bernoulli (probit or logit link) and Poisson (exp link)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from natvi._validation import check_finite
+from natvi.likelihoods.base import Likelihood
+
+__all__ = ["Bernoulli", "Poisson"]
+
+
+class Bernoulli(Likelihood):
+    """``y ∈ {0, 1}``, ``p(y = 1 | f) = Φ(f)`` (``link="probit"``, GPyTorch's choice) or
+    ``sigmoid(f)`` (``link="logit"``).
+
+    Variational expectations by Gauss–Hermite quadrature (20 points by default, like GPyTorch);
+    predictions in closed form for the probit link: ``p(y = 1) = Φ(μ / sqrt(1 + v))``.
+
+    Example:
+        >>> lik = Bernoulli(link="logit")
+    """
+
+    def __init__(self, link: str = "probit", num_gh: int = 20) -> None:
+        super().__init__(num_gh)
+        if link not in ("probit", "logit"):
+            raise ValueError(f"link must be 'probit' or 'logit'; got {link!r}.")
+        self.link = link
+
+    def check_y(self, y: Tensor) -> Tensor:
+        check_finite("y", y)
+        if not bool(((y == 0) | (y == 1)).all()):
+            bad = y[(y != 0) & (y != 1)][0]
+            raise ValueError(
+                f"y must contain only 0 and 1 for the Bernoulli likelihood; found {float(bad):g}. "
+                "Encode the two classes as 0/1 (e.g. (y > 0).to(dtype) for ±1 labels)."
+            )
+        return y
+
+    def _log_cdf(self, z: Tensor) -> Tensor:
+        if self.link == "probit":
+            return torch.special.log_ndtr(z)
+        return -torch.nn.functional.softplus(-z)
+
+    def log_prob(self, F: Tensor, y: Tensor) -> Tensor:
+        return self._log_cdf((2.0 * y - 1.0) * F)
+
+    def conditional_mean(self, F: Tensor) -> Tensor:
+        return torch.special.ndtr(F) if self.link == "probit" else torch.sigmoid(F)
+
+    def conditional_variance(self, F: Tensor) -> Tensor:
+        p = self.conditional_mean(F)
+        return p * (1 - p)
+
+    def _predict_mean_and_var(self, f_mean: Tensor, f_var: Tensor) -> tuple[Tensor, Tensor]:
+        if self.link == "probit":
+            p = torch.special.ndtr(f_mean / torch.sqrt(1.0 + f_var))
+        else:
+            p = super()._predict_mean_and_var(f_mean, f_var)[0]
+        return p, p * (1 - p)
+
+    def _predict_log_density(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
+        if self.link == "probit":
+            return torch.special.log_ndtr((2.0 * y - 1.0) * f_mean / torch.sqrt(1.0 + f_var))
+        return super()._predict_log_density(f_mean, f_var, y)
+
+    def extra_repr(self) -> str:
+        return f"link={self.link!r}, num_gh={self.num_gh}"
+
+
+class Poisson(Likelihood):
+    """Counts ``y ∈ {0, 1, 2, ...}``, ``y | f ~ Poisson(exp(f))``. Closed forms:
+
+    ``E[log p] = y μ − exp(μ + v/2) − log y!``; ``E[y] = exp(μ + v/2)``,
+    ``Var[y] = E[y] + (exp(v) − 1) exp(2μ + v)``.
+    """
+
+    def check_y(self, y: Tensor) -> Tensor:
+        check_finite("y", y)
+        if not bool(((y >= 0) & (y == torch.round(y))).all()):
+            bad = y[(y < 0) | (y != torch.round(y))][0]
+            raise ValueError(
+                f"y must hold non-negative integer counts for the Poisson likelihood; found "
+                f"{float(bad):g}."
+            )
+        return y
+
+    def log_prob(self, F: Tensor, y: Tensor) -> Tensor:
+        return y * F - torch.exp(F) - torch.lgamma(y + 1.0)
+
+    def conditional_mean(self, F: Tensor) -> Tensor:
+        return torch.exp(F)
+
+    def conditional_variance(self, F: Tensor) -> Tensor:
+        return torch.exp(F)
+
+    def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
+        return y * f_mean - torch.exp(f_mean + 0.5 * f_var) - torch.lgamma(y + 1.0)
+
+    def _predict_mean_and_var(self, f_mean: Tensor, f_var: Tensor) -> tuple[Tensor, Tensor]:
+        rate = torch.exp(f_mean + 0.5 * f_var)
+        return rate, rate + torch.expm1(f_var) * rate**2

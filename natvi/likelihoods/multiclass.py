@@ -1,0 +1,161 @@
+"""Multi-class likelihoods over ``C`` latent functions (``num_latent = C``): Softmax and RobustMax.
+
+Labels are class indices ``y [N]`` in ``{0, ..., C − 1}`` (integer or integer-valued float);
+``f_mean``, ``f_var`` are ``[N, C]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from natvi._validation import check_finite
+from natvi.likelihoods.base import Likelihood, gauss_hermite
+
+__all__ = ["Softmax", "RobustMax"]
+
+
+def _check_classes(y: Tensor, num_classes: int, name: str) -> Tensor:
+    check_finite("y", y)
+    ok = (y >= 0) & (y < num_classes) & (y == torch.round(y) if y.is_floating_point() else True)
+    if not bool(torch.as_tensor(ok).all()):
+        bad = y[~ok][0]
+        raise ValueError(
+            f"y must hold class indices in {{0, ..., {num_classes - 1}}} for the {name} likelihood "
+            f"with num_classes={num_classes}; found {float(bad):g}. Encode labels as 0..C-1."
+        )
+    return y.long()
+
+
+class _MultiClass(Likelihood):
+    def __init__(self, num_classes: int, num_gh: int) -> None:
+        super().__init__(num_gh)
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+        self.num_latent = int(num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.num_latent
+
+    def check_y(self, y: Tensor) -> Tensor:
+        return _check_classes(y, self.num_latent, type(self).__name__)
+
+    def predict_mean_and_var(self, f_mean: Tensor, f_var: Tensor) -> tuple[Tensor, Tensor]:
+        """Class probabilities ``[N, C]`` and their Bernoulli variances ``p (1 − p)``."""
+        self._check_f(f_mean, f_var)
+        p = self.predict_proba(f_mean, f_var)
+        return p, p * (1 - p)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_latent}, num_gh={self.num_gh}"
+
+
+class Softmax(_MultiClass):
+    """``p(y = c | f) = exp(f_c) / Σ_j exp(f_j)``.
+
+    Expectations over the ``C``-dimensional ``q(f_n)`` by Monte Carlo with ``num_samples``
+    antithetic pairs of standard-normal draws. With ``seed`` an integer, the draws are the same at
+    every call (common random numbers: the ELBO is a deterministic, differentiable function of the
+    parameters, which step-size back-off needs); ``seed=None`` draws afresh each call (unbiased
+    from call to call).
+    """
+
+    def __init__(
+        self, num_classes: int, num_samples: int = 100, seed: int | None = 0, num_gh: int = 20
+    ) -> None:
+        super().__init__(num_classes, num_gh)
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
+        self.num_samples = int(num_samples)
+        self.seed = seed
+
+    def log_prob(self, F: Tensor, y: Tensor) -> Tensor:
+        idx = y.long().expand(F.shape[:-1]).unsqueeze(-1)
+        return F.gather(-1, idx).squeeze(-1) - torch.logsumexp(F, dim=-1)
+
+    def _samples(self, f_mean: Tensor, f_var: Tensor) -> Tensor:
+        g = None
+        if self.seed is not None:
+            g = torch.Generator(device=f_mean.device).manual_seed(int(self.seed))
+        eps = torch.randn(
+            self.num_samples, *f_mean.shape, generator=g, dtype=f_mean.dtype, device=f_mean.device
+        )
+        eps = torch.cat([eps, -eps], dim=0)
+        return f_mean + f_var.clamp_min(0).sqrt() * eps  # [2S, N, C]
+
+    def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
+        return self.log_prob(self._samples(f_mean, f_var), y).mean(0)
+
+    def _predict_log_density(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
+        lp = self.log_prob(self._samples(f_mean, f_var), y)
+        return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
+
+    def predict_proba(self, f_mean: Tensor, f_var: Tensor) -> Tensor:
+        """``E_q[softmax(f)]`` ``[N, C]`` by the same Monte Carlo draws."""
+        return torch.softmax(self._samples(f_mean, f_var), dim=-1).mean(0)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_latent}, num_samples={self.num_samples}, seed={self.seed}"
+
+
+class RobustMax(_MultiClass):
+    """``p(y = c | f) = 1 − ε`` if ``c = argmax f`` else ``ε / (C − 1)`` (Hernández-Lobato et al.).
+
+    ``ε`` (``epsilon``) is fixed. The expectation needs only ``P_c = P(f_c ≥ f_j ∀ j)``, a 1-D
+    integral done by Gauss–Hermite: ``P_c = E_{f_c}[Π_{j≠c} Φ((f_c − μ_j)/sqrt(v_j))]``, so
+    ``E[log p(y|f)] = P_y log(1 − ε) + (1 − P_y) log(ε/(C − 1))``.
+    """
+
+    def __init__(self, num_classes: int, epsilon: float = 1e-3, num_gh: int = 20) -> None:
+        super().__init__(num_classes, num_gh)
+        if not 0.0 < float(epsilon) < 1.0:
+            raise ValueError(f"epsilon must lie in (0, 1), got {epsilon}.")
+        self.epsilon = float(epsilon)
+
+    def _logs(self) -> tuple[float, float]:
+        return math.log1p(-self.epsilon), math.log(self.epsilon / (self.num_latent - 1))
+
+    def log_prob(self, F: Tensor, y: Tensor) -> Tensor:
+        hit, miss = self._logs()
+        is_max = F.argmax(dim=-1) == y.long()
+        return torch.where(is_max, hit, miss).to(F.dtype)
+
+    def prob_max(self, f_mean: Tensor, f_var: Tensor, c: Tensor | None = None) -> Tensor:
+        """``P(f_c ≥ f_j ∀ j)`` per datum for class ``c [N]`` (``[N]``), or for every class ``[N, C]``."""
+        z, w = gauss_hermite(self.num_gh, 1, dtype=f_mean.dtype, device=f_mean.device)
+        sd = f_var.clamp_min(1e-300).sqrt()  # [N, C]
+        if c is None:
+            mu_c, sd_c = f_mean, sd  # [N, C]
+        else:
+            mu_c = f_mean.gather(-1, c.unsqueeze(-1))  # [N, 1]
+            sd_c = sd.gather(-1, c.unsqueeze(-1))
+        f_c = mu_c.unsqueeze(0) + sd_c.unsqueeze(0) * z.view(-1, 1, 1)  # [K, N, Cc]
+        log_phi = torch.special.log_ndtr(
+            (f_c.unsqueeze(-1) - f_mean.view(1, f_mean.shape[0], 1, -1)) / sd.unsqueeze(-2)[None]
+        )  # [K, N, Cc, C]
+        cls = torch.arange(self.num_latent, device=f_mean.device)
+        rows = cls if c is None else c.unsqueeze(-1)  # [C] or [N, 1]
+        same = rows.unsqueeze(-1) == cls  # [Cc, C] or [N, 1, C]
+        log_prod = log_phi.masked_fill(same, 0.0).sum(-1)  # [K, N, Cc]
+        P = torch.einsum("k,knc->nc", w, log_prod.exp())
+        return P if c is None else P.squeeze(-1)
+
+    def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
+        hit, miss = self._logs()
+        P = self.prob_max(f_mean, f_var, y)
+        return P * hit + (1 - P) * miss
+
+    def predict_proba(self, f_mean: Tensor, f_var: Tensor) -> Tensor:
+        """``p(y = c) = (1 − ε) P_c + ε/(C − 1) (1 − P_c)``, ``[N, C]``."""
+        P = self.prob_max(f_mean, f_var)
+        eps = self.epsilon
+        return (1 - eps) * P + eps / (self.num_latent - 1) * (1 - P)
+
+    def _predict_log_density(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
+        return self.predict_proba(f_mean, f_var).gather(-1, y.unsqueeze(-1)).squeeze(-1).log()
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_latent}, epsilon={self.epsilon}, num_gh={self.num_gh}"
