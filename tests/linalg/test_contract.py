@@ -8,6 +8,7 @@ import torch
 
 from natvi.linalg import (
     CG,
+    OU,
     Cholesky,
     LowRankPlusDiag,
     Operator,
@@ -22,6 +23,10 @@ SOLVERS = {
     "cg": (lambda: CG(tol=1e-13), True, 1e-10),
     "cg_jacobi": (lambda: CG(tol=1e-13, preconditioner="jacobi"), True, 1e-10),
     "woodbury": (Woodbury, False, 1e-10),
+    # noise-free OU: the exact average's bias is O(1/N) at no cost in N; Euler's last state
+    # (num_samples=1 after a long burn-in) converges geometrically
+    "ou_exact": (lambda: OU(dt=1.0, num_samples=10**14, noise=0.0, method="exact"), True, 1e-9),
+    "ou_euler": (lambda: OU(dt=0.015, burnin=4000, num_samples=1, noise=0.0), True, 1e-9),
 }
 
 
