@@ -79,8 +79,12 @@ def positive(raw: Tensor) -> Tensor:
 
 
 def inv_positive(value: float | Tensor, name: str) -> Tensor:
-    """``softplus⁻¹(value)``, raising ``ValueError`` naming ``name`` unless ``value > 0``."""
-    v = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    """``softplus⁻¹(value)`` in float64, raising ``ValueError`` naming ``name`` unless ``value > 0``.
+
+    Held in float64 so that a model cast to float64 later sees exactly ``value``; a model casts its
+    likelihood to its own dtype (0-dimensional parameters never change a tensor's dtype anyway).
+    """
+    v = torch.as_tensor(value, dtype=torch.float64)
     if not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
         raise ValueError(f"{name} must be a finite positive number; got {value}.")
     return v + torch.log(-torch.expm1(-v))
