@@ -26,7 +26,16 @@ from torch import Tensor, nn
 
 from models._problem import Problem, ard_kernel
 
-__all__ = ["Method", "GPyTorchSVGP", "gpytorch_likelihood", "gpytorch_method", "train", "METHODS"]
+__all__ = [
+    "Method",
+    "GPyTorchSVGP",
+    "gpytorch_likelihood",
+    "gpytorch_method",
+    "natvi_method",
+    "make_method",
+    "train",
+    "METHODS",
+]
 
 METHODS = ("natvi-ngd", "natvi-adam", "gpytorch-ngd", "gpytorch-adam")
 
@@ -186,6 +195,66 @@ def gpytorch_method(
         return _gpytorch_heldout(model, lik, problem)
 
     return Method(f"gpytorch-{kind}", step, heldout, model)
+
+
+def natvi_method(
+    build: Callable[..., Problem],
+    kind: str,
+    gamma: tuple[float, float, int] = (1e-4, 0.1, 5),
+    adam_lr: float = 0.01,
+    safeguard: str = "backoff",
+    **build_kw,
+) -> Method:
+    """natvi's natural gradients + Adam on hyperparameters (``"ngd"``) or Adam only (``"adam"``).
+
+    ``build(**build_kw)`` makes the problem; ``"ngd"`` holds q in ``Natural()`` coordinates
+    (unless ``build_kw`` names another parameterisation) and uses
+    ``NaturalGradient.for_model(model, lr=LogLinearWarmup(*gamma))``; ``"adam"`` holds q in
+    ``MeanCholesky()`` (the usual ordinary-gradient coordinates) and runs Adam on everything.
+    """
+    from natvi.optim import LogLinearWarmup, NaturalGradient
+    from natvi.parameterizations import MeanCholesky, Natural
+
+    if kind not in ("ngd", "adam"):
+        raise ValueError(f"kind must be 'ngd' or 'adam', got {kind!r}.")
+    build_kw.setdefault("parameterization", Natural() if kind == "ngd" else MeanCholesky())
+    problem = build(**build_kw)
+    model = problem.model
+    hypers = [p for p in model.hyperparameters() if p.requires_grad]
+    opts: list[torch.optim.Optimizer] = []
+    if kind == "ngd":
+        opts.append(
+            NaturalGradient.for_model(model, lr=LogLinearWarmup(*gamma), safeguard=safeguard)
+        )
+    else:
+        hypers = hypers + list(model.variational_parameters())
+    if hypers:
+        opts.append(torch.optim.Adam(hypers, lr=adam_lr))
+    X, y = problem.X, problem.y
+
+    def step() -> float:
+        for o in opts:
+            o.zero_grad()
+        elbo = model.elbo(X, y)
+        (-elbo).backward()
+        for o in opts:
+            o.step()
+        return float(elbo.detach())
+
+    def heldout() -> float:
+        with torch.no_grad():
+            return float(model.predict_log_density(problem.X_test, problem.y_test).mean())
+
+    return Method(f"natvi-{kind}", step, heldout, model)
+
+
+def make_method(name: str, build: Callable[..., Problem], **kw) -> Method:
+    """Any of :data:`METHODS` on ``build(**build_kw)``; ``kw`` as for the two factories."""
+    library, kind = name.split("-")
+    if library == "natvi":
+        return natvi_method(build, kind, **kw)
+    gp_kw = {k: kw.pop(k) for k in ("gamma", "adam_lr") if k in kw}
+    return gpytorch_method(build(**kw), kind, **gp_kw)
 
 
 def train(method: Method, iterations: int, eval_every: int = 0) -> list[dict]:
