@@ -106,10 +106,12 @@ class RobustMax(_MultiClass):
 
     ``ε`` (``epsilon``) is fixed. The expectation needs only ``P_c = P(f_c ≥ f_j ∀ j)``, a 1-D
     integral done by Gauss–Hermite: ``P_c = E_{f_c}[Π_{j≠c} Φ((f_c − μ_j)/sqrt(v_j))]``, so
-    ``E[log p(y|f)] = P_y log(1 − ε) + (1 − P_y) log(ε/(C − 1))``.
+    ``E[log p(y|f)] = P_y log(1 − ε) + (1 − P_y) log(ε/(C − 1))``. The integrand is a product of
+    normal CDFs, sharper than a polynomial, hence 60 points by default (``Σ_c P_c = 1`` to about
+    1e-6 for latent variances down to 0.05).
     """
 
-    def __init__(self, num_classes: int, epsilon: float = 1e-3, num_gh: int = 20) -> None:
+    def __init__(self, num_classes: int, epsilon: float = 1e-3, num_gh: int = 60) -> None:
         super().__init__(num_classes, num_gh)
         if not 0.0 < float(epsilon) < 1.0:
             raise ValueError(f"epsilon must lie in (0, 1), got {epsilon}.")
