@@ -56,7 +56,7 @@ FULL = {
     "gpytorch": list(GPYTORCH_DISTS),
     "likelihoods": list(BUILDERS),
     "dtypes": ["float32", "float64"],
-    "iterations": 20,
+    "iterations": 10,
 }
 QUICK = {
     "gammas": [0.1, 1.0],
