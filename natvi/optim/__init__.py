@@ -1,4 +1,21 @@
 """Optimisers: natural gradients for variational Gaussians, exponential families and torch
 models; step-size schedules; safeguards. Each module re-exports its public names here."""
 
-__all__: list[str] = []
+from natvi.optim import safeguards, schedules
+from natvi.optim.natural_gradient import NaturalGradient
+from natvi.optim.ngd import NGD
+from natvi.optim.safeguards import Backoff, Riemannian, SafeguardWarning, Strict
+from natvi.optim.schedules import Constant, LogLinearWarmup
+
+__all__: list[str] = [
+    "NaturalGradient",
+    "NGD",
+    "schedules",
+    "safeguards",
+    "Constant",
+    "LogLinearWarmup",
+    "Backoff",
+    "Riemannian",
+    "Strict",
+    "SafeguardWarning",
+]

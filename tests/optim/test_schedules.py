@@ -1,0 +1,59 @@
+"""Step-size schedules: values, validation, and how the optimiser consumes them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from natvi.optim import Constant, LogLinearWarmup, NaturalGradient
+from natvi.optim.schedules import as_schedule, evaluate
+from tests.optim.toy_models import BayesLinReg, regression_data
+
+
+def test_log_linear_warmup_matches_the_closed_form_and_then_stays_flat():
+    s = LogLinearWarmup(gamma0=1e-4, gamma1=1e-1, K=5)
+    for t in range(10):
+        expected = 1e-4 * (1e-1 / 1e-4) ** min(t / 5, 1.0)
+        assert math.isclose(s(t), expected, rel_tol=1e-12)
+    assert s(0) == pytest.approx(1e-4) and s(5) == pytest.approx(1e-1) and s(50) == s(5)
+    assert all(s(t) < s(t + 1) for t in range(5))
+
+
+def test_constant_and_as_schedule():
+    assert Constant(0.3)(0) == Constant(0.3)(100) == 0.3
+    assert isinstance(as_schedule(2.0), Constant)
+    fn = lambda t: 1.0 / (1 + t)
+    assert as_schedule(fn) is fn
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "fast"])
+def test_bad_learning_rates_raise_value_error_naming_the_argument(bad):
+    with pytest.raises(ValueError, match="lr"):
+        as_schedule(bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"gamma0": 0.0}, {"gamma1": -1.0}, {"K": 0}, {"K": 2.5}, {"K": True}]
+)
+def test_warmup_validation(kwargs):
+    with pytest.raises(ValueError):
+        LogLinearWarmup(**kwargs)
+
+
+def test_a_schedule_returning_a_bad_value_is_reported_with_the_step():
+    with pytest.raises(ValueError, match="step 3"):
+        evaluate(lambda t: 1.0 - t / 3, 3)
+
+
+def test_optimizer_evaluates_the_schedule_at_its_own_step_count():
+    X, y = regression_data()
+    model = BayesLinReg(3)
+    seen = []
+    opt = NaturalGradient.for_model(model, lr=lambda t: seen.append(t) or 0.1 * (t + 1))
+    for _ in range(4):
+        opt.zero_grad()
+        (-model.elbo(X, y)).backward()
+        opt.step()
+        assert opt.last_lr == [pytest.approx(0.1 * len(seen))]
+    assert seen == [0, 1, 2, 3]
