@@ -1,6 +1,7 @@
 """natvi — natural-gradient variational inference in PyTorch."""
 
-from natvi import expfam, gp, likelihoods, linalg, parameterizations
+from natvi import expfam, fisher, gp, likelihoods, linalg, optim, parameterizations
+from natvi.fit import fit
 from natvi.natgrad import expectation_gradient, natural_gradient
 from natvi.variational import GaussianVariational
 
@@ -8,9 +9,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "expfam",
+    "fisher",
     "gp",
     "likelihoods",
     "linalg",
+    "optim",
+    "fit",
     "parameterizations",
     "natural_gradient",
     "expectation_gradient",
