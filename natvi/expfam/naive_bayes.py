@@ -193,6 +193,52 @@ class NaiveBayes(ExponentialFamily):
         p_y = (class_counts + pseudo) / total
         return p_y[..., :-1], (cell_counts + cell_pseudo) / total.unsqueeze(-1)
 
+    def one_hot(self, x: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+        """Features ``[..., m]`` (integer values ``0..r_i−1``) as indicators ``[..., D]``.
+
+        Column ``offset_i + v`` is ``[x_i = v]`` for ``v < r_i − 1``; the last value of each
+        feature is the reference and has no column. ``O(m)`` per row.
+        """
+        if x.dtype.is_floating_point or x.shape[-1:] != (self.n_features,):
+            raise ValueError(
+                f"NaiveBayes: x must be an integer tensor [..., {self.n_features}] of feature "
+                f"values; got dtype {x.dtype} and shape {tuple(x.shape)}."
+            )
+        r = torch.tensor(self.cardinalities, device=x.device)
+        if bool(((x < 0) | (x >= r)).any()):
+            raise ValueError(
+                f"NaiveBayes: feature values must lie in 0..r_i−1 for cardinalities "
+                f"{self.cardinalities}; got values from {int(x.min())} to {int(x.max())}."
+            )
+        cols = (self.offsets.to(x.device) + x).clamp_max(self.n_columns - 1)
+        vals = (x < r - 1).to(dtype)
+        out = torch.zeros(*x.shape[:-1], self.n_columns, dtype=dtype, device=x.device)
+        return out.scatter_add(-1, cols, vals)
+
+    def dense_fisher(self, mu: Pair) -> Tensor:
+        """The joint Fisher ``Cov[T]`` at mean parameters ``mu``, formed densely ``[d, d]``.
+
+        ``d = (s − 1) + s D``, coordinates ordered ``(θ_y, θ_x.flatten())``; unbatched. ``O(d²)``
+        memory — the reference that :meth:`natural_gradient_at_mean` avoids.
+        """
+        n_y, _ = self._reference_cells(mu)
+        mu_y, mu_x = mu
+        s, D = self.n_classes, self.n_columns
+        idx = self.feature_of_column.to(mu_x.device)
+        same_feature = idx.unsqueeze(0) == idx.unsqueeze(1)
+        p_x_given_y = mu_x / n_y.unsqueeze(-1)
+        E_xx = torch.where(same_feature, 0.0, mu_x.unsqueeze(-1) * p_x_given_y.unsqueeze(-2))
+        E_xx = E_xx + torch.diag_embed(mu_x)
+        E_TT = mu_x.new_zeros(s - 1 + s * D, s - 1 + s * D)
+        E_TT[: s - 1, : s - 1] = torch.diag(mu_y)
+        cross = torch.zeros(s - 1, s, D, dtype=mu_x.dtype, device=mu_x.device)
+        cross[torch.arange(s - 1), torch.arange(s - 1)] = mu_x[:-1]
+        E_TT[: s - 1, s - 1 :] = cross.reshape(s - 1, s * D)
+        E_TT[s - 1 :, : s - 1] = cross.reshape(s - 1, s * D).T
+        E_TT[s - 1 :, s - 1 :] = torch.block_diag(*E_xx)
+        mean = torch.cat([mu_y, mu_x.reshape(-1)])
+        return E_TT - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+
     def conditional(self, theta: Pair) -> Pair:
         """MLR parameters ``L θ = (β, W) = (θ_y, θ_x[:s−1] − θ_x[s−1])``."""
         theta_y, theta_x = theta
