@@ -172,21 +172,21 @@ def _plot(curves, path) -> None:
 def main(argv: list[str]) -> int:
     p = _common.parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--iters", type=int, default=60)
+    p.add_argument("--iters", type=int, default=40)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--eval-every", type=int, default=2)
     p.add_argument("--damping", type=float, default=0.05)
-    p.add_argument("--ngd-lr", type=float, default=0.5)
-    p.add_argument("--adam-lr", type=float, default=0.02)
-    p.add_argument("--sgd-lr", type=float, default=0.5)
-    p.add_argument("--cg-iters", type=int, default=10)
-    p.add_argument("--dt", type=float, default=0.2, help="OU Euler step in τ")
+    p.add_argument("--ngd-lr", type=float, default=0.3)
+    p.add_argument("--adam-lr", type=float, default=0.03)
+    p.add_argument("--sgd-lr", type=float, default=0.3)
+    p.add_argument("--cg-iters", type=int, default=8)
+    p.add_argument("--dt", type=float, default=0.04, help="OU Euler step in τ")
     p.add_argument("--kappa", type=float, default=1e-5, help="OU noise κ0")
     args = p.parse_args(argv)
     times = [5.0, 10.0, 20.0, 50.0]
     models = ("mlp", "mlr")
     if args.quick:
-        args.hidden, args.iters, args.batch, args.eval_every = 8, 4, 16, 2
+        args.hidden, args.iters, args.batch, args.eval_every = 8, 3, 16, 1
         times, models = [5.0, 50.0], ("mlp",)
     torch.manual_seed(args.seed)
     out = _common.out_dir(args, NAME)
