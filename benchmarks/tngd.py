@@ -187,7 +187,7 @@ def main(argv: list[str]) -> int:
     models = ("mlp", "mlr")
     if args.quick:
         args.hidden, args.iters, args.batch, args.eval_every = 8, 3, 16, 1
-        times, models = [5.0, 50.0], ("mlp",)
+        times, models, args.dt = [5.0, 50.0], ("mlp",), 0.2
     torch.manual_seed(args.seed)
     out = _common.out_dir(args, NAME)
     data = mlp_digits.load(seed=args.seed)
