@@ -121,8 +121,7 @@ class SVGP(VariationalGP):
     def _conditional(self, X: Tensor, L_zz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m_t, S_t, logdet, diag = self._whitened_q(L_zz)
         K_zx = kernel_matrix(self.kernel, self.inducing_points, X)
-        A = torch.linalg.solve_triangular(L_zz, K_zx, upper=False)
-        mean, var = marginals(A, kernel_diag(self.kernel, X), m_t, S_t, diag)
+        mean, var = marginals(L_zz, K_zx, kernel_diag(self.kernel, X), m_t, S_t, diag)
         return mean + self._prior_mean(X), var, whitened_kl(m_t, S_t, logdet, diag)
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -109,8 +109,8 @@ class VGP(VariationalGP):
         X = self._check_X(X)
         L = self._chol_xx()
         m_t, S_t, _, diag = self._whitened_q(L)
-        A = torch.linalg.solve_triangular(L, kernel_matrix(self.kernel, self.X, X), upper=False)
-        mean, var = marginals(A, kernel_diag(self.kernel, X), m_t, S_t, diag)
+        K_xs = kernel_matrix(self.kernel, self.X, X)
+        mean, var = marginals(L, K_xs, kernel_diag(self.kernel, X), m_t, S_t, diag)
         mean = mean + self._prior_mean(X)
         return self._to_lik(mean), self._to_lik(var)
 

@@ -169,3 +169,21 @@ def test_bad_arguments_raise_clear_errors():
     v = VGP(X, kernel=rbf(), likelihood=Gaussian())
     with pytest.raises(ValueError, match="training inputs"):
         v.elbo(X[:5], y[:5])
+
+
+def test_hand_written_reverse_mode_of_the_marginals_passes_gradcheck():
+    from natvi.gp.conditionals import _Marginals
+
+    g = torch.Generator().manual_seed(0)
+    M, N = 4, 6
+    B = torch.randn(2, M, M, generator=g, dtype=DT)
+    L = torch.linalg.cholesky(B @ B.mT + M * torch.eye(M, dtype=DT)).requires_grad_()
+    K = torch.randn(2, M, N, generator=g, dtype=DT, requires_grad=True)
+    m = torch.randn(2, M, generator=g, dtype=DT, requires_grad=True)
+    C = torch.randn(2, M, M, generator=g, dtype=DT)
+    D = (C + C.mT).requires_grad_()
+
+    def fn(L, K, m, D):  # tril / symmetric inputs, as in the model
+        return _Marginals.apply(L.tril(), K, m, 0.5 * (D + D.mT))
+
+    assert torch.autograd.gradcheck(fn, (L, K, m, D))
