@@ -142,6 +142,7 @@ def gaussian_guide(
             mean = torch.zeros(int(dim), dtype=torch.get_default_dtype())
         if cov is None:
             cov = torch.ones_like(mean) if p.diagonal else torch.diag_embed(torch.ones_like(mean))
+        cov = torch.as_tensor(cov, dtype=mean.dtype, device=mean.device)
         init = p.from_prior(mean, cov)
     else:
         init = (None,) * len(names)
