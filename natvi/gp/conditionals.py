@@ -88,27 +88,31 @@ def whiten_q(
 class _Marginals(torch.autograd.Function):
     """``(L, K, m̃, D) -> (Aᵀ m̃, colsum(A ∘ D A))`` with ``A = L⁻¹ K``, D symmetric.
 
-    Reverse mode written out (G = diag(ḡ_var), B = D A, both saved from the forward):
+    Reverse mode written out (G = diag(ḡ_var), B = D A):
     ``Ā = m̃ ḡ_meanᵀ + 2 B G``, ``m̄ = A ḡ_mean``, ``D̄ = A G Aᵀ``, ``K̄ = L⁻ᵀ Ā`` and
     ``L̄ = −tril(L⁻ᵀ Ā Aᵀ) = −tril(L⁻ᵀ (m̃ m̄ᵀ + 2 D D̄))``: the last identity makes ``L̄`` cost
-    ``O(M³)`` instead of another ``O(N M²)`` product, so one call costs three ``O(N M²)``
-    products (the solve for A, ``D A``, ``A G Aᵀ``) and one solve for ``K̄``.
+    ``O(M³)`` instead of another ``O(N M²)`` product, and ``K̄ = (L⁻ᵀ m̃) ḡ_meanᵀ +
+    2 (L⁻ᵀ D) A G`` is one matrix product; a call costs four ``O(N M²)`` products (the solve for
+    A, ``D A``, ``A G Aᵀ``, ``(L⁻ᵀ D) (A G)``).
     """
 
     @staticmethod
     def forward(ctx, L: Tensor, K: Tensor, m: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
         A = torch.linalg.solve_triangular(L, K, upper=False)
         B = D @ A
-        ctx.save_for_backward(L, A, B, m, D)
+        ctx.save_for_backward(L, A, m, D)
         return (m.unsqueeze(-2) @ A).squeeze(-2), (A * B).sum(-2)
 
     @staticmethod
     def backward(ctx, g_mean: Tensor, g_var: Tensor) -> tuple[Tensor, ...]:
-        L, A, B, m, D = ctx.saved_tensors
-        A_bar = m.unsqueeze(-1) * g_mean.unsqueeze(-2) + 2.0 * B * g_var.unsqueeze(-2)
+        L, A, m, D = ctx.saved_tensors
+        AG = A * g_var.unsqueeze(-2)
         m_bar = (A @ g_mean.unsqueeze(-1)).squeeze(-1)
-        D_bar = (A * g_var.unsqueeze(-2)) @ A.mT
-        K_bar = torch.linalg.solve_triangular(L.mT, A_bar, upper=True)
+        D_bar = AG @ A.mT
+        # K̄ = L⁻ᵀ Ā = (L⁻ᵀ m̃) ḡ_meanᵀ + 2 (L⁻ᵀ D) A G: a GEMM instead of an N-column solve
+        Lt_m = torch.linalg.solve_triangular(L.mT, m.unsqueeze(-1), upper=True)
+        Lt_D = torch.linalg.solve_triangular(L.mT, D, upper=True)
+        K_bar = Lt_m * g_mean.unsqueeze(-2) + 2.0 * Lt_D @ AG
         inner = m.unsqueeze(-1) * m_bar.unsqueeze(-2) + 2.0 * D @ D_bar
         L_bar = -torch.linalg.solve_triangular(L.mT, inner, upper=True).tril()
         return L_bar, K_bar, m_bar, D_bar
