@@ -2,6 +2,8 @@
 models; step-size schedules; safeguards. Each module re-exports its public names here."""
 
 from natvi.optim import safeguards, schedules
+from natvi.optim.dsngd import DSNGD, SNGD, mlr_logits
+from natvi.optim.mirror import MirrorDescent
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.optim.ngd import NGD
 from natvi.optim.safeguards import Backoff, Riemannian, SafeguardWarning, Strict
@@ -18,4 +20,8 @@ __all__: list[str] = [
     "Riemannian",
     "Strict",
     "SafeguardWarning",
+    "MirrorDescent",
+    "DSNGD",
+    "SNGD",
+    "mlr_logits",
 ]

@@ -83,14 +83,22 @@ class MirrorDescent(torch.optim.Optimizer):
         _check_lr(lr)
         if int(max_backoff) < 0:
             raise ValueError(f"max_backoff must be ≥ 0, got {max_backoff!r}.")
-        super().__init__(params, dict(family=family, lr=lr, max_backoff=int(max_backoff)))
-        for group in self.param_groups:
-            if not isinstance(group["family"], ExponentialFamily):
-                raise ValueError(
-                    "MirrorDescent: every param group needs family=<an ExponentialFamily> (e.g. "
-                    f"natvi.expfam.Gamma()); got {group['family']!r}."
-                )
-            _check_lr(group["lr"])
+        self._default_family = family
+        self.families: list[ExponentialFamily] = []
+        super().__init__(params, dict(lr=lr, max_backoff=int(max_backoff)))
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group; its ``family`` (or the default) is kept beside the group, not in it,
+        so that ``state_dict()`` holds only tensors and numbers (``torch.load`` safe)."""
+        family = param_group.pop("family", self._default_family)
+        if not isinstance(family, ExponentialFamily):
+            raise ValueError(
+                "MirrorDescent: every param group needs family=<an ExponentialFamily> (e.g. "
+                f"natvi.expfam.Gamma()); got {family!r}."
+            )
+        _check_lr(param_group.get("lr", self.defaults["lr"]))
+        super().add_param_group(param_group)
+        self.families.append(family)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -99,14 +107,13 @@ class MirrorDescent(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for group, fam in zip(self.param_groups, self.families):
             params = group["params"]
             if any(p.grad is None for p in params):
                 continue
             state = self.state[params[0]]
             t = state.get("step", 0)
             lr = group["lr"](t) if callable(group["lr"]) else group["lr"]
-            fam = group["family"]
             theta = _pack([p.detach() for p in params])
             nat = _unpack(fam.natural_gradient(theta, _pack([p.grad for p in params])))
             new = _backtrack(fam, params, nat, lr, group["max_backoff"])

@@ -19,6 +19,46 @@ from natvi.parameterizations import MeanCholesky, Natural
 from tests.optim.toy_models import LogisticReg, classification_data
 
 
+def _mirror_case() -> OptimCase:
+    from natvi.expfam import Gamma
+    from natvi.optim.mirror import MirrorDescent
+
+    fam = Gamma()
+    x = torch.linspace(0.2, 3.0, 40, dtype=torch.float64)
+    theta = [torch.nn.Parameter(torch.tensor(v, dtype=torch.float64)) for v in (0.0, -1.0)]
+    opt = MirrorDescent(theta, family=fam, lr=0.5)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = fam.log_partition(tuple(theta)) - theta[0] * x.log().mean() - theta[1] * x.mean()
+        loss.backward()
+        return loss
+
+    return OptimCase(opt, closure, theta)
+
+
+def _dsngd_case() -> OptimCase:
+    from natvi.optim.dsngd import DSNGD
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.stack([torch.randint(0, r, (30,), generator=gen) for r in (3, 2)], -1)
+    y = (x[:, 0] + x[:, 1]) % 3
+    beta = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    W = torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))
+    opt = DSNGD([beta, W], n_classes=3, cardinalities=(3, 2), lr=0.5, decay=0.5)
+    opt.observe(x, y)
+    phi = opt.family.one_hot(x)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        logits = torch.cat([phi @ W.T + beta, torch.zeros(30, 1, dtype=torch.float64)], -1)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        loss.backward()
+        return loss
+
+    return OptimCase(opt, closure, [beta, W])
+
+
 @dataclass
 class OptimCase:
     """An optimiser, a torch-style closure (zero_grad, loss, backward, return loss) and the
@@ -52,4 +92,6 @@ CASES: list[tuple[str, Callable[[], OptimCase]]] = [
         "NaturalGradient-MeanCholesky-warmup",
         _natural_gradient_case(MeanCholesky(), LogLinearWarmup(1e-2, 1.0, K=3)),
     ),
+    ("MirrorDescent-Gamma", _mirror_case),
+    ("DSNGD-MLR", _dsngd_case),
 ]
