@@ -7,6 +7,15 @@ from natvi.variational import GaussianVariational
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """Lazy ``natvi.pyro`` (importing Pyro costs about a second; only its users pay it)."""
+    if name == "pyro":
+        import importlib
+
+        return importlib.import_module("natvi.pyro")
+    raise AttributeError(f"module 'natvi' has no attribute {name!r}")
+
 __all__ = [
     "expfam",
     "fisher",
