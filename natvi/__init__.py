@@ -1,6 +1,7 @@
 """natvi — natural-gradient variational inference in PyTorch."""
 
 from natvi import expfam, fisher, gp, likelihoods, linalg, optim, parameterizations
+from natvi.estimators import SparseGPClassifier, SparseGPCountRegressor, SparseGPRegressor
 from natvi.fit import fit
 from natvi.natgrad import expectation_gradient, natural_gradient
 from natvi.variational import GaussianVariational
@@ -28,5 +29,8 @@ __all__ = [
     "natural_gradient",
     "expectation_gradient",
     "GaussianVariational",
+    "SparseGPClassifier",
+    "SparseGPRegressor",
+    "SparseGPCountRegressor",
     "__version__",
 ]

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from natvi._linalg import symmetrize
+from natvi._linalg import cho_inverse, cho_solve_vec, symmetrize
 from natvi.parameterizations import DiagNatural, Natural, Parameterization
 
 __all__ = [
@@ -121,22 +121,22 @@ def is_valid(parameterization: Parameterization, xi: Sequence[Tensor]) -> bool:
     """
     if not all(bool(torch.isfinite(x).all()) for x in xi):
         return False
-    family = parameterization.family
     try:
-        theta = parameterization.to_natural(*xi)
-        if not all(bool(torch.isfinite(t).all()) for t in theta):
-            return False
-        if parameterization.diagonal:
-            if not bool((theta[1] < 0).all()):
-                return False
-        else:
-            _, info = torch.linalg.cholesky_ex(-2.0 * symmetrize(theta[1]))
-            if not bool((info == 0).all()):
-                return False
-        back = family.to_natural(family.to_mean(theta))
+        theta1, theta2 = parameterization.to_natural(*xi)
     except ValueError:
         return False
-    return all(bool(torch.isfinite(t).all()) for t in back)
+    if parameterization.diagonal:
+        var = -0.5 / theta2
+        m = theta1 * var
+        ok = bool((theta2 < 0).all()) and bool(((var + m * m) - m * m > 0).all())
+        return ok and bool(torch.isfinite(m).all())
+    L_P, info = torch.linalg.cholesky_ex(-2.0 * symmetrize(theta2))
+    if not bool((info == 0).all()):
+        return False
+    S, m = cho_inverse(L_P), cho_solve_vec(theta1, L_P)
+    mmT = m.unsqueeze(-1) * m.unsqueeze(-2)
+    _, info = torch.linalg.cholesky_ex((S + mmT) - mmT)
+    return bool((info == 0).all()) and bool(torch.isfinite(m).all())
 
 
 class Safeguard:

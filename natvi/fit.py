@@ -1,0 +1,325 @@
+"""``natvi.fit``: the training loop — natural steps on q alternating with Adam on hyperparameters.
+
+One iteration (Salimbeni, Eleftheriadis & Hensman 2018, "Natural Gradients in Practice"):
+
+1. ``L = −ELBO(X_b, y_b)`` (a minibatch scaled by N/B) and one backward pass, which gives the
+   gradients of q's coordinates ξ *and* of the hyperparameters;
+2. a natural step on every q (:class:`natvi.optim.NaturalGradient`, safeguarded);
+3. an Adam step on the hyperparameters.
+
+The hyperparameter gradient is **not** recomputed between 2 and 3 by default: both steps use
+the gradient at the start of the iteration, so one forward/backward pass serves both and an
+iteration costs about what an Adam iteration costs (the point of the comparison with
+ordinary-gradient VI). Hyperparameters then lag q by one step, which with Adam's small steps
+changes the trajectory little and not the fixed point (at a fixed point both gradients vanish).
+``recompute_grad=True`` evaluates the gradient again at the new q before the Adam step — the
+exact alternation, at twice the cost.
+
+``method="adam"`` runs ordinary-gradient VI in the same loop: Adam on ξ and on the
+hyperparameters — the baseline natvi's natural steps are compared with.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from natvi._history import FitResult, History
+from natvi._validation import check_finite
+from natvi.optim.natural_gradient import NaturalGradient
+from natvi.optim.safeguards import Safeguard
+from natvi.optim.schedules import check_lr
+from natvi.parameterizations import DiagExpectation, DiagNatural, Expectation, Natural
+from natvi.variational import GaussianVariational
+
+__all__ = ["fit", "FitResult", "History"]
+
+METHODS = ("natgrad", "adam")
+_CHECKPOINT_VERSION = 1
+_CONSTRAINED = (Natural, Expectation, DiagNatural, DiagExpectation)
+
+
+def _check_data(model: nn.Module, X: Any, y: Any) -> tuple[Tensor, Tensor]:
+    if not torch.is_tensor(X) or not torch.is_tensor(y):
+        raise ValueError(
+            f"X and y must be torch tensors, got {type(X).__name__} and {type(y).__name__}; "
+            "convert with torch.as_tensor(..., dtype=torch.float64)."
+        )
+    check_finite("X", X)
+    check_finite("y", y)
+    if X.dim() != 2:
+        raise ValueError(f"X must have shape [N, D]; got {tuple(X.shape)}.")
+    if y.dim() < 1 or y.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"shape mismatch: X has {X.shape[0]} rows but y has shape {tuple(y.shape)}; "
+            "pass one target per row of X."
+        )
+    for name in ("elbo", "hyperparameters", "variational_parameters"):
+        if not callable(getattr(model, name, None)):
+            raise ValueError(
+                f"model must define {name}() (the natvi model contract: elbo(X, y, num_data), "
+                f"hyperparameters(), variational_parameters()); {type(model).__name__} does not."
+            )
+    return X, y
+
+
+def _check_adam_coordinates(model: nn.Module) -> None:
+    for q in model.modules():
+        if isinstance(q, GaussianVariational) and isinstance(q.parameterization, _CONSTRAINED):
+            raise ValueError(
+                f"method='adam' takes ordinary gradient steps, which leave the domain of "
+                f"{q.parameterization!r} coordinates (a precision or covariance must stay positive "
+                "definite); build the model with parameterization=MeanCholesky() (or "
+                "NaturalTril(), DiagMeanLogScale()) for the Adam baseline."
+            )
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+class _Batches:
+    """Minibatch indices: a fresh random permutation per epoch (state is checkpointable)."""
+
+    def __init__(self, N: int, batch_size: int | None, seed: int, device: torch.device) -> None:
+        self.N, self.B = N, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(N, generator=self.generator)
+        self.pos = 0
+        self.device = device
+
+    def next(self) -> Tensor | None:
+        if self.B is None:
+            return None
+        if self.pos + self.B > self.N:
+            self.perm = torch.randperm(self.N, generator=self.generator)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.B]
+        self.pos += self.B
+        return idx.to(self.device)
+
+    def state(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.pos = state["perm"], int(state["pos"])
+
+
+def _hyper_optimizer(model: nn.Module, hyper_optimizer: Any, hyper_lr: float):
+    params = [p for p in model.hyperparameters() if p.requires_grad]
+    if isinstance(hyper_optimizer, torch.optim.Optimizer):
+        return hyper_optimizer
+    if not params:
+        return None
+    if hyper_optimizer is None:
+        return torch.optim.Adam(params, lr=check_lr("hyper_lr", hyper_lr))
+    if callable(hyper_optimizer):
+        return hyper_optimizer(params)
+    raise ValueError(
+        "hyper_optimizer must be None (Adam with hyper_lr), a torch.optim.Optimizer, or a "
+        f"callable params -> Optimizer; got {type(hyper_optimizer).__name__}."
+    )
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def fit(
+    model: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    *,
+    method: str = "natgrad",
+    iterations: int = 100,
+    lr: float | Callable[[int], float] | None = None,
+    safeguard: str | Safeguard | None = "backoff",
+    hyper_optimizer: Any = None,
+    hyper_lr: float = 1e-2,
+    batch_size: int | None = None,
+    recompute_grad: bool = False,
+    callback: Callable[[nn.Module, History], float | None] | None = None,
+    stop_when: Callable[[History], bool] | None = None,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
+    seed: int = 0,
+) -> FitResult:
+    """Train a variational model by natural gradients on q and Adam on the hyperparameters.
+
+    Args:
+        model: a natvi model: ``elbo(X, y, num_data=None)`` (total ELBO), ``hyperparameters()``,
+            ``variational_parameters()``, q held in :class:`natvi.GaussianVariational` modules.
+            Hyperparameters with ``requires_grad=False`` stay fixed.
+        X: inputs ``[N, D]``; y: targets ``[N, ...]``.
+        method: ``"natgrad"`` (natural steps on q) or ``"adam"`` (Adam on everything).
+        iterations: total number of iterations (including those of a resumed checkpoint).
+        lr: step size for q: natgrad — a float or a schedule ``step -> γ`` (default 1.0, the
+            conjugate optimum in one step; see :mod:`natvi.optim.schedules` for the warm-up);
+            adam — Adam's learning rate (default 1e-2).
+        safeguard: for natural steps, see :mod:`natvi.optim.safeguards`. Outside natural
+            coordinates the default back-off also rejects steps that lower the ELBO, at one
+            extra forward pass per iteration.
+        hyper_optimizer: ``None`` (Adam with ``hyper_lr``), a ``torch.optim.Optimizer`` over the
+            hyperparameters, or a factory ``params -> Optimizer``.
+        hyper_lr: learning rate of the default hyperparameter Adam.
+        batch_size: minibatch size B (``None``: full batch); the ELBO is scaled by N/B.
+        recompute_grad: recompute the hyperparameter gradient after the natural step (see the
+            module docstring).
+        callback: ``callback(model, history) -> float | None`` after each iteration, e.g. a
+            held-out metric (stored in ``history.metric``; its time is not counted).
+        stop_when: ``stop_when(history) -> bool`` after each iteration; True ends the run.
+        progress: show a tqdm progress bar.
+        checkpoint: file to save the full training state to every ``checkpoint_every``
+            iterations and at the end (``torch.save``; loads with ``weights_only=True``).
+        resume: continue from ``checkpoint`` if it exists — the same trajectory as an
+            uninterrupted run (model, optimisers, schedule position, minibatch order and the
+            global RNG are restored).
+        seed: seeds the minibatch order.
+
+    Returns:
+        :class:`FitResult` with ``.history`` (ELBO, time, lr, events, metric per iteration).
+
+    Example:
+        >>> result = natvi.fit(model, X, y, iterations=50, lr=LogLinearWarmup(1e-4, 1.0, K=5))
+        >>> result.history.elbo[-1]
+    """
+    X, y = _check_data(model, X, y)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    iterations = _positive_int("iterations", iterations, minimum=0)
+    checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
+    N = X.shape[0]
+    if batch_size is not None:
+        batch_size = _positive_int("batch_size", batch_size)
+        if batch_size > N:
+            raise ValueError(f"batch_size {batch_size} exceeds the number of data N = {N}.")
+        if batch_size == N:
+            batch_size = None
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=<path> to resume from.")
+
+    if method == "natgrad":
+        q_opt = NaturalGradient.for_model(model, lr=1.0 if lr is None else lr, safeguard=safeguard)
+        loss_check = any(
+            q_opt.safeguard.is_monotone(g["parameterization"]) for g in q_opt.param_groups
+        )
+    else:
+        _check_adam_coordinates(model)
+        adam_lr = 1e-2 if lr is None else lr
+        if callable(adam_lr):
+            raise ValueError("method='adam' takes a float lr; schedules are for natural steps.")
+        q_opt = torch.optim.Adam(list(model.variational_parameters()), lr=check_lr("lr", adam_lr))
+        loss_check = False
+    h_opt = _hyper_optimizer(model, hyper_optimizer, hyper_lr)
+    batches = _Batches(N, batch_size, seed, X.device)
+    history, start, elapsed = History(), 0, 0.0
+
+    path = Path(checkpoint) if checkpoint is not None else None
+    if resume and path is not None and path.exists():
+        state = torch.load(path, weights_only=True)
+        if state.get("method") != method or state.get("version") != _CHECKPOINT_VERSION:
+            raise ValueError(
+                f"checkpoint {path} was written by method={state.get('method')!r}; resume with "
+                "the same method, or delete the file to start afresh."
+            )
+        model.load_state_dict(state["model"])
+        q_opt.load_state_dict(state["q_optimizer"])
+        if h_opt is not None:
+            h_opt.load_state_dict(state["hyper_optimizer"])
+        batches.load(state["batches"])
+        torch.set_rng_state(state["rng"])
+        history = History(**state["history"])
+        start, elapsed = int(state["iteration"]), float(state["elapsed"])
+
+    def save(iteration: int) -> None:
+        _save(path, {
+            "version": _CHECKPOINT_VERSION, "method": method, "iteration": iteration,
+            "elapsed": elapsed, "model": model.state_dict(), "q_optimizer": q_opt.state_dict(),
+            "hyper_optimizer": None if h_opt is None else h_opt.state_dict(),
+            "batches": batches.state(), "rng": torch.get_rng_state(),
+            "history": history.as_dict(),
+        })
+
+    stopped = False
+    bar = tqdm(total=iterations, initial=start, disable=not progress, desc=f"fit ({method})")
+    try:
+        for it in range(start, iterations):
+            t0 = time.perf_counter()
+            idx = batches.next()
+            Xb, yb = (X, y) if idx is None else (X[idx], y[idx])
+            num_data = None if idx is None else N
+            model.zero_grad(set_to_none=True)
+            loss = -model.elbo(Xb, yb, num_data=num_data)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise ValueError(
+                    f"the ELBO is {-loss_value} at iteration {it}: q is valid, so the "
+                    "hyperparameters or the data are to blame; lower hyper_lr, check X and y, "
+                    "or fix the diverging hyperparameters (requires_grad=False)."
+                )
+            loss.backward()
+            n_events = len(getattr(q_opt, "events", ()))
+            if method == "natgrad":
+                q_opt.step(_checking_closure(model, Xb, yb, num_data, loss) if loss_check else None)
+                step_lr = q_opt.last_lr[0] if q_opt.last_lr else float("nan")
+                if recompute_grad and h_opt is not None:
+                    model.zero_grad(set_to_none=True)
+                    (-model.elbo(Xb, yb, num_data=num_data)).backward()
+            else:
+                q_opt.step()
+                step_lr = float(q_opt.param_groups[0]["lr"])
+            if h_opt is not None:
+                h_opt.step()
+            elapsed += time.perf_counter() - t0
+
+            events = [dict(e) for e in getattr(q_opt, "events", ())[n_events:]]
+            history.append(iteration=it, elbo=-loss_value, time=elapsed, lr=step_lr,
+                           events=events, metric=None)
+            if callback is not None:
+                with torch.no_grad():
+                    value = callback(model, history)
+                history.metric[-1] = None if value is None else float(value)
+            bar.update(1)
+            if progress and it % 10 == 0:
+                bar.set_postfix(elbo=f"{-loss_value:.4g}")
+            if path is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
+                save(it + 1)
+            if stop_when is not None and stop_when(history):
+                stopped = it + 1 < iterations
+                if path is not None:
+                    save(it + 1)
+                break
+    finally:
+        bar.close()
+    return FitResult(model, history, q_opt, h_opt, stopped_early=stopped)
+
+
+def _checking_closure(model: nn.Module, X: Tensor, y: Tensor, num_data: int | None, loss: Tensor):
+    """A closure for NaturalGradient's loss check: the first call returns the loss whose
+    gradients are already in ``.grad``; later calls evaluate the loss only (no backward)."""
+    calls = 0
+
+    def closure() -> Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return loss.detach()
+        with torch.no_grad():
+            return -model.elbo(X, y, num_data=num_data)
+
+    return closure
