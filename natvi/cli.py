@@ -10,13 +10,21 @@ Sub-commands::
 Each sub-command lives in a function ``_cmd_<name>(args) -> int``; bad user input raises
 :class:`CLIError` (or :class:`natvi._data.DataError`), which :func:`main` prints as one line on
 stderr with exit status 2, before anything is written.
+
+``natvi fit``, ``natvi compare`` and ``natvi demo`` may be launched by ``torchrun`` (detected by
+its ``RANK`` / ``WORLD_SIZE`` environment variables): every process reads the data, trains on
+its strided share of the rows, the gradients are all-reduced (:mod:`natvi.distributed`, gloo),
+and only rank 0 prints and writes files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import natvi
@@ -158,21 +166,67 @@ def _add_common_fit_args(p: argparse.ArgumentParser, inducing: int) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+_TORCHRUN_HELP = (
+    "'natvi fit', 'natvi compare' and 'natvi demo' can be launched by torchrun, e.g. "
+    "'torchrun --nproc-per-node 2 -m natvi fit data.csv --target y' (or 'torchrun "
+    "--no-python ... natvi fit ...'): every process reads the "
+    "CSV and trains on its share of the rows (data-parallel natural gradients over "
+    "torch.distributed, gloo backend); only rank 0 prints and writes files. Across machines "
+    "add --nnodes and --rdzv-endpoint; see docs/distributed.md."
+)
+_DISTRIBUTED_COMMANDS = ("fit", "compare", "demo")
+
+
+def _under_torchrun() -> bool:
+    """Launched by torchrun with more than one process."""
+    from natvi.distributed import launched_by_torchrun
+
+    return launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
+
+
+@contextlib.contextmanager
+def _torchrun(args: argparse.Namespace) -> Iterator[None]:
+    """Under torchrun: join the process group and train data-parallel; ranks > 0 print nothing
+    and write their outputs into a scratch folder that is deleted afterwards."""
+    from natvi import distributed
+
+    if not _under_torchrun() or args.command not in _DISTRIBUTED_COMMANDS:
+        yield
+        return
+    distributed.init_from_env(backend="gloo")
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(distributed.data_parallel(shard_data=True))
+            if not distributed.is_main_process():
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                args.out = scratch / args.out.name
+                devnull = stack.enter_context(open(os.devnull, "w"))
+                stack.enter_context(contextlib.redirect_stdout(devnull))
+            yield
+    finally:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="natvi", description="Natural-gradient variational inference for GP models."
+        prog="natvi", description="Natural-gradient variational inference for GP models.",
+        epilog=_TORCHRUN_HELP,
     )
     parser.add_argument("--version", action="version", version=f"natvi {natvi.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="natural gradients vs Adam on a bundled dataset")
+    demo = sub.add_parser("demo", help="natural gradients vs Adam on a bundled dataset",
+                          epilog=_TORCHRUN_HELP)
     demo.add_argument("--out", type=Path, default=Path("natvi-demo"),
                       help="folder for the plot and CSV (default natvi-demo/)")
     demo.add_argument("--quick", action="store_true", help="fewer iterations (a smoke test)")
     _add_common_fit_args(demo, inducing=50)
     demo.set_defaults(func=_cmd_demo, test_size=0.3)
 
-    cmp_ = sub.add_parser("compare", help="natural gradients vs Adam on your CSV file")
+    cmp_ = sub.add_parser("compare", help="natural gradients vs Adam on your CSV file",
+                          epilog=_TORCHRUN_HELP)
     cmp_.add_argument("data", type=Path, help="CSV file with a header row")
     cmp_.add_argument("--target", required=True, help="name of the column to predict")
     cmp_.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
@@ -185,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_fit_args(cmp_, inducing=50)
     cmp_.set_defaults(func=_cmd_compare)
 
-    fit = sub.add_parser("fit", help="fit a sparse GP to a CSV file and save it")
+    fit = sub.add_parser("fit", help="fit a sparse GP to a CSV file and save it",
+                         epilog=_TORCHRUN_HELP)
     fit.add_argument("data", type=Path, help="CSV file with a header row")
     fit.add_argument("--target", required=True, help="name of the column to predict")
     fit.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
@@ -215,7 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "func", None) is None:
             parser.print_help()
             return 0
-        return int(args.func(args))
+        if _under_torchrun() and args.command not in _DISTRIBUTED_COMMANDS:
+            if int(os.environ["RANK"]) > 0:
+                return 0  # e.g. 'natvi predict': one process does the job
+        with _torchrun(args):
+            return int(args.func(args))
     except (CLIError, DataError) as err:
         cmd = f" {args.command}" if args is not None and args.command else ""
         print(f"natvi{cmd}: error: {err}", file=sys.stderr)

@@ -354,6 +354,7 @@ def fit(
     y: Tensor,
     *,
     shard_data: bool = False,
+    broadcast: bool = False,
     check_every: int = 10,
     **fit_kwargs: Any,
 ) -> Any:
@@ -370,6 +371,9 @@ def fit(
         X, y: this rank's shard, or — with ``shard_data=True`` — the full data, present on every
             rank, of which rank ``r`` takes rows ``r, r + W, r + 2W, ...``.
         shard_data: take the strided shard of ``X, y`` here.
+        broadcast: first copy rank 0's parameters to every rank (for models built on each
+            rank by code with possibly rank-dependent round-off, e.g. k-means inducing points
+            in the estimators); by default a model that differs across ranks is an error.
         check_every: replica-consistency check period (iterations).
         **fit_kwargs: the arguments of :func:`natvi.fit`.
 
@@ -390,6 +394,8 @@ def fit(
         r, w = dist.get_rank(), dist.get_world_size()
         X, y = X[r::w], y[r::w]
     _check_shards(X, y, fit_kwargs.get("batch_size"))
+    if broadcast:
+        broadcast_parameters(model)
     wrapped = DataParallelELBO(model, check_every=check_every)
     if fit_kwargs.get("stop_when") is not None:
         fit_kwargs["stop_when"] = _agreed(fit_kwargs["stop_when"], device)
@@ -405,16 +411,22 @@ def fit(
 
 
 @contextlib.contextmanager
-def data_parallel(shard_data: bool = True, check_every: int = 10) -> Iterator[None]:
+def data_parallel(
+    shard_data: bool = True, broadcast: bool = True, check_every: int = 10
+) -> Iterator[None]:
     """Within this block, :func:`natvi.fit` calls (e.g. from the estimators and the CLI) run
     data-parallel over the initialised process group.
 
     Args:
         shard_data: the calls pass the full data, present on every rank; rank ``r`` trains on
             rows ``r::W`` (what ``natvi fit`` under torchrun does).
+        broadcast: start from rank 0's parameters (the models are built inside library code
+            on each rank).
         check_every: replica-consistency check period.
     """
-    _AMBIENT.append({"shard_data": bool(shard_data), "check_every": int(check_every)})
+    _AMBIENT.append(
+        {"shard_data": bool(shard_data), "broadcast": bool(broadcast), "check_every": check_every}
+    )
     try:
         yield
     finally:

@@ -158,6 +158,7 @@ def fit(
     checkpoint_every: int = 10,
     resume: bool = False,
     seed: int = 0,
+    distributed: bool | None = None,
 ) -> FitResult:
     """Train a variational model by natural gradients on q and Adam on the hyperparameters.
 
@@ -190,6 +191,11 @@ def fit(
             uninterrupted run (model, optimisers, schedule position, minibatch order and the
             global RNG are restored).
         seed: seeds the minibatch order.
+        distributed: ``True``: this process is one rank of a ``torch.distributed`` job and
+            ``X, y`` are its shard; gradients and the ELBO are all-reduced and ``batch_size`` is
+            per rank (see :mod:`natvi.distributed`). ``None``: data-parallel only inside
+            :func:`natvi.distributed.data_parallel` (the CLI under torchrun). ``False``: this
+            process alone.
 
     Returns:
         :class:`FitResult` with ``.history`` (ELBO, time, lr, events, metric per iteration).
@@ -198,6 +204,16 @@ def fit(
         >>> result = natvi.fit(model, X, y, iterations=50, lr=LogLinearWarmup(1e-4, 1.0, K=5))
         >>> result.history.elbo[-1]
     """
+    from natvi import distributed as _dp
+
+    if distributed or (distributed is None and _dp.ambient() is not None):
+        return _dp.fit(
+            model, X, y, **(_dp.ambient() or {}), method=method, iterations=iterations, lr=lr,
+            safeguard=safeguard, hyper_optimizer=hyper_optimizer, hyper_lr=hyper_lr,
+            batch_size=batch_size, recompute_grad=recompute_grad, callback=callback,
+            stop_when=stop_when, progress=progress, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every, resume=resume, seed=seed,
+        )
     X, y = _check_data(model, X, y)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")

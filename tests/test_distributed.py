@@ -10,7 +10,11 @@ bit-identical across ranks, and clear errors raised on *every* rank (no hang).
 from __future__ import annotations
 
 import datetime
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -22,6 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import natvi
+from natvi.cli import main as natvi_main
 from natvi.distributed import DataParallelELBO
 from natvi.fit import _Batches
 from natvi.gp import SVGP
@@ -111,10 +116,12 @@ def _scenarios(rank: int) -> dict:
     X, y = _data()
     X_r, y_r = _shard(X, y, rank)
     out: dict = {}
-    for name, param in (("full_natural", Natural()), ("full_meanchol", MeanCholesky())):
-        model = _model(param)
-        res = natvi.distributed.fit(model, X_r, y_r, **_fit_kwargs())
-        out[name] = {"elbo": res.history.elbo, "state": _state(model)}
+    model = _model(Natural())  # through the public entry point
+    res = natvi.fit(model, X_r, y_r, distributed=True, **_fit_kwargs())
+    out["full_natural"] = {"elbo": res.history.elbo, "state": _state(model)}
+    model = _model(MeanCholesky())  # back-off re-evaluates the (all-reduced) loss
+    res = natvi.distributed.fit(model, X_r, y_r, **_fit_kwargs())
+    out["full_meanchol"] = {"elbo": res.history.elbo, "state": _state(model)}
 
     model = _model()
     res = natvi.distributed.fit(model, X_r, y_r, batch_size=BATCH, seed=7, **_fit_kwargs())
@@ -237,3 +244,43 @@ def test_without_process_group_says_what_to_do():
     X, y = _data()
     with pytest.raises(ValueError, match="init_from_env"):
         natvi.distributed.fit(_model(), X, y, iterations=1, progress=False)
+
+
+def test_cli_fit_under_torchrun_matches_single_process(tmp_path):
+    """``torchrun --nproc-per-node 2 -m natvi fit``: one report, one file (rank 0), and the
+    model a single-process ``natvi fit`` saves (full batch: the shards' union is all rows)."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    X, y = _data()
+    lines = ["a,b,label"] + [f"{u!r},{v!r},{int(t)}" for (u, v), t in zip(X.tolist(), y.tolist())]
+    (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "dp").mkdir()
+    common = ["data.csv", "--target", "label", "--max-iter", "6", "--inducing", "5",
+              "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", str(WORLD), "-m", "natvi", "fit",
+         *common, "--out", "dp/model.pt"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("model saved to") == 1, proc.stdout
+    assert [p.name for p in (tmp_path / "dp").iterdir()] == ["model.pt"]
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert natvi_main(["fit", *common, "--out", "single.pt"]) == 0
+    finally:
+        os.chdir(cwd)
+    dp = torch.load(tmp_path / "dp" / "model.pt", weights_only=True)
+    single = torch.load(tmp_path / "single.pt", weights_only=True)
+    assert dp["fitted"]["n_iter_"] == single["fitted"]["n_iter_"] == 6
+    assert abs(dp["fitted"]["elbo_"] - single["fitted"]["elbo_"]) < TOL * abs(single["fitted"]["elbo_"])
+    _assert_close_states(dp["state_dict"], single["state_dict"])
+
+
+@pytest.mark.parametrize("command", ["fit", "compare"])
+def test_cli_help_says_torchrun(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        natvi_main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "can be launched by torchrun" in " ".join(capsys.readouterr().out.split())
