@@ -1,6 +1,6 @@
 """natvi — natural-gradient variational inference in PyTorch."""
 
-from natvi import expfam, fisher, gp, likelihoods, linalg, optim, parameterizations
+from natvi import distributed, expfam, fisher, gp, likelihoods, linalg, optim, parameterizations
 from natvi.estimators import SparseGPClassifier, SparseGPCountRegressor, SparseGPRegressor
 from natvi.fit import fit
 from natvi.natgrad import expectation_gradient, natural_gradient
@@ -25,6 +25,7 @@ __all__ = [
     "linalg",
     "optim",
     "fit",
+    "distributed",
     "parameterizations",
     "natural_gradient",
     "expectation_gradient",

@@ -195,7 +195,7 @@ class DataParallelELBO(nn.Module):
     whose *value* is ``Σ_r ℓ_r`` (see the module docstring) and whose *gradient* with respect to
     every parameter is ``Σ_r ∇ℓ_r``: the local gradients are computed inside the call,
     all-reduced in one flat buffer with the value, and attached to a surrogate
-    ``Σ_r ℓ_r + (s − stop_grad(s))`` with ``s = Σ_p ⟨p, G_p⟩``; the bracket is exactly zero and
+    ``Σ_r ℓ_r + (s − stop_grad(s))`` with ``s = Σ_p ⟨p, G_p⟩`` (one dot product); the bracket is exactly zero and
     its gradient is exactly ``G_p``, so ``loss.backward()`` leaves the reduced gradient in
     ``.grad`` and any optimiser (NaturalGradient, Adam) sees the global problem. Without grad
     mode (the safeguard's loss re-evaluations) only the value is reduced.
@@ -281,23 +281,23 @@ class DataParallelELBO(nn.Module):
             return total
         params = [p for p in self.module.parameters() if p.requires_grad]
         grads = torch.autograd.grad(local, params, allow_unused=True)
-        dtype = local.dtype
-        used = [torch.ones(1, dtype=dtype, device=self.device) * (g is not None) for g in grads]
+        dtype, n = local.dtype, len(params)
+        used = torch.tensor([g is not None for g in grads], dtype=dtype, device=self.device)
         flat = torch.cat(
-            [local.detach().reshape(1), *used]
+            [local.detach().reshape(1), used]
             + [
                 (torch.zeros_like(p) if g is None else g).reshape(-1).to(dtype)
                 for p, g in zip(params, grads)
             ]
         )
         dist.all_reduce(flat)
-        total, n = flat[0], len(params)
-        sizes = [p.numel() for p in params]
-        reduced = torch.split(flat[1 + n :], sizes)
-        s = torch.zeros((), dtype=dtype, device=self.device)
-        for i, (p, g) in enumerate(zip(params, reduced)):
-            if flat[1 + i] > 0:
-                s = s + (p * g.reshape(p.shape).to(p.dtype)).sum()
+        total = flat[0]
+        keep = [i for i, u in enumerate(flat[1 : 1 + n].tolist()) if u > 0]  # used on a rank
+        if not keep:
+            return total
+        reduced = torch.split(flat[1 + n :], [p.numel() for p in params])
+        theta = torch.cat([params[i].reshape(-1).to(dtype) for i in keep])
+        s = theta @ torch.cat([reduced[i] for i in keep])
         return total + (s - s.detach())
 
     def forward(self, X: Tensor, y: Tensor, num_data: int | None = None) -> Tensor:
