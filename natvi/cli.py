@@ -198,6 +198,9 @@ def _torchrun(args: argparse.Namespace) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             stack.enter_context(distributed.data_parallel(shard_data=True))
             if not distributed.is_main_process():
+                # the same check as rank 0 (which writes there), so a bad --out fails every rank
+                check = _writable_file if args.command == "fit" else _writable_dir
+                check(args.out, "--out")
                 scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
                 args.out = scratch / args.out.name
                 devnull = stack.enter_context(open(os.devnull, "w"))
