@@ -172,9 +172,10 @@ def fit(
         lr: step size for q: natgrad — a float or a schedule ``step -> γ`` (default 1.0, the
             conjugate optimum in one step; see :mod:`natvi.optim.schedules` for the warm-up);
             adam — Adam's learning rate (default 1e-2).
-        safeguard: for natural steps, see :mod:`natvi.optim.safeguards`. Outside natural
-            coordinates the default back-off also rejects steps that lower the ELBO, at one
-            extra forward pass per iteration.
+        safeguard: for natural steps, see :mod:`natvi.optim.safeguards`. Outside full natural
+            coordinates (and for data below float64) each step is verified by one extra forward
+            pass: the default back-off rejects a step that lowers the ELBO (or, below float64,
+            that the model cannot evaluate).
         hyper_optimizer: ``None`` (Adam with ``hyper_lr``), a ``torch.optim.Optimizer`` over the
             hyperparameters, or a factory ``params -> Optimizer``.
         hyper_lr: learning rate of the default hyperparameter Adam.
@@ -231,7 +232,10 @@ def fit(
 
     if method == "natgrad":
         q_opt = NaturalGradient.for_model(model, lr=1.0 if lr is None else lr, safeguard=safeguard)
-        loss_check = any(
+        # Verify each step with one forward pass where the plain step can overshoot (outside
+        # full natural coordinates) or where rounding can break the model's own factorisations
+        # although q passed the safeguard's checks (below float64).
+        loss_check = X.dtype != torch.float64 or any(
             q_opt.safeguard.is_monotone(g["parameterization"]) for g in q_opt.param_groups
         )
     else:

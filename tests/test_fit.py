@@ -138,3 +138,89 @@ def test_bad_input_raises_value_error(kwargs, match):
     args = {"model": LogisticReg(3, MeanCholesky()), "X": X, "y": y, "progress": False} | kwargs
     with pytest.raises(ValueError, match=match):
         natvi.fit(args.pop("model"), args.pop("X"), args.pop("y"), **args)
+
+
+# --- acceptance on natvi.gp: SVGP / VGP, two moons -------------------------------------------
+
+
+def _gp_regression(whiten):
+    import gpytorch
+
+    from natvi.gp import SVGP, VGP
+    from natvi.likelihoods import Gaussian
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(60, 1, generator=g, dtype=torch.float64) * 6
+    y = torch.sin(X[:, 0]) + 0.1 * torch.randn(60, generator=g, dtype=torch.float64)
+    kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel()).double()
+    svgp = SVGP(kernel=kernel, likelihood=Gaussian(noise=0.05), inducing_points=X[::6].clone(),
+                whiten=whiten)
+    vgp = VGP(X, kernel=kernel, likelihood=Gaussian(noise=0.05), whiten=whiten)
+    return X, y, svgp, vgp
+
+
+@pytest.mark.parametrize("whiten", [True, False])
+def test_conjugate_gp_models_reach_their_optimum_in_one_fit_iteration(whiten):
+    X, y, svgp, vgp = _gp_regression(whiten)
+    for model in (svgp, vgp):
+        _fixed(model)
+        natvi.fit(model, X, y, iterations=1, progress=False)
+        with torch.no_grad():
+            m1, S1 = (t.clone() for t in model.q.meancov())
+        natvi.fit(model, X, y, iterations=1, progress=False)  # a second step must not move q
+        with torch.no_grad():
+            m2, S2 = model.q.meancov()
+        torch.testing.assert_close(m2, m1, rtol=0, atol=1e-8)
+        torch.testing.assert_close(S2, S1, rtol=0, atol=1e-8)
+    # VGP: the exact GP posterior (up to the model's jitter on K); its ELBO is the log marginal
+    # likelihood. The 1e-8 fixed-point check above is the sharp one.
+    K = vgp.kernel(X).to_dense() + 1e-6 * torch.eye(60, dtype=torch.float64)
+    lml = torch.distributions.MultivariateNormal(
+        torch.zeros(60, dtype=torch.float64), K + 0.05 * torch.eye(60, dtype=torch.float64)
+    ).log_prob(y)
+    with torch.no_grad():
+        assert float(vgp.elbo(X, y)) == pytest.approx(float(lml), abs=1e-4)
+        mean, _ = vgp.predict_f(X)
+        exact = K @ torch.linalg.solve(K + 0.05 * torch.eye(60, dtype=torch.float64), y)
+        torch.testing.assert_close(mean, exact, rtol=0, atol=1e-4)
+
+
+def _moons(dtype=torch.float64, **kw):
+    from models import two_moons
+
+    problem = two_moons.build(num_data=5000, num_inducing=50, dtype=dtype, **kw)  # N = 4000
+    return problem.X, problem.y, _fixed(problem.model)
+
+
+def test_two_moons_natural_steps_beat_adam_in_iterations():
+    X, y, model = _moons()
+    N = X.shape[0]
+    nat = natvi.fit(model, X, y, iterations=21, progress=False).history.elbo
+    optimum = max(nat)
+    reached = next(i for i, e in enumerate(nat) if optimum - e <= 1e-3 * N)
+    assert reached <= 20
+
+    X, y, model = _moons(parameterization=MeanCholesky())
+    adam = natvi.fit(model, X, y, method="adam", lr=0.01, iterations=200, progress=False)
+    assert optimum - max(adam.history.elbo) > 1e-3 * N
+
+
+def _monotone_or_recovering(elbos, tol):
+    return all(
+        b >= a - tol or any(c >= a - tol for c in elbos[i + 2 :])
+        for i, (a, b) in enumerate(zip(elbos, elbos[1:]))
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("whiten", [True, False])
+def test_two_moons_lr_one_from_the_prior_is_stable_in_every_parameterization(whiten, dtype):
+    from natvi.parameterizations import BUILTIN
+
+    for P in BUILTIN:
+        X, y, model = _moons(dtype=dtype, whiten=whiten, parameterization=P(), q_diag=P().diagonal)
+        result = natvi.fit(model, X, y, iterations=3, lr=1.0, progress=False)
+        elbos = result.history.elbo
+        assert all(torch.isfinite(torch.tensor(elbos))), (P, elbos)
+        assert all(bool(torch.isfinite(x).all()) for x in model.q.xi())
+        assert elbos[-1] > elbos[0] and _monotone_or_recovering(elbos, 1e-4 * abs(elbos[0]))

@@ -64,6 +64,17 @@ def _loss_problem(before: Tensor, after: Tensor, monotone: bool) -> str | None:
     return None
 
 
+def _evaluate_after_step(closure: Callable[[], Tensor], before: Tensor, monotone: bool):
+    """Re-evaluate the closure after a proposal; a model that cannot evaluate the new q (its
+    own factorisations fail, e.g. in float32) rejects the proposal like a non-finite loss."""
+    try:
+        with torch.enable_grad():
+            after = closure()
+    except (ValueError, torch.linalg.LinAlgError):
+        return "model_error"
+    return _loss_problem(before, after, monotone)
+
+
 class NaturalGradient(Optimizer):
     r"""Natural-gradient descent on Gaussian variational distributions, in their own coordinates.
 
@@ -203,8 +214,7 @@ class NaturalGradient(Optimizer):
             ]
             if closure is None or not plans:
                 break
-            with torch.enable_grad():
-                kind = _loss_problem(loss, closure(), monotone)
+            kind = _evaluate_after_step(closure, loss, monotone)
             if kind is None:
                 break
             self._restore(plans)
