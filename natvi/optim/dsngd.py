@@ -213,12 +213,13 @@ class SNGD(_MLROptimizer):
         p = torch.softmax(mlr_logits(beta, W, phi), -1)[:, :-1]  # [B, s−1]
         z = torch.cat([phi.new_ones(phi.shape[0], 1), phi], -1)  # [B, 1+D]
         k, n = p.shape[-1], z.shape[-1]
-        diag = torch.einsum("bk,bi,bj->kij", p, z, z)
-        F = -torch.einsum("bk,bl,bi,bj->kilj", p, p, z, z)
-        F[torch.arange(k), :, torch.arange(k), :] += diag
+        # Σ_b diag(p_b) ⊗ z_b z_bᵀ (block diagonal) − Σ_b (p_b ⊗ z_b)(p_b ⊗ z_b)ᵀ (one GEMM)
+        V = (p.unsqueeze(-1) * z.unsqueeze(-2)).reshape(-1, k * n)
+        F_sum = -(V.mT @ V)
+        blocks = torch.einsum("bk,bi,bj->kij", p, z, z)
+        F_sum = F_sum + torch.block_diag(*blocks)
         st = self._state
         count = st.get("count", 0) + phi.shape[0]
-        F_sum = F.reshape(k * n, k * n)
         if "fisher" in st:
             F_sum = F_sum + st["fisher"] * st["count"]
         st["fisher"], st["count"] = F_sum / count, count
