@@ -20,7 +20,7 @@ def test_quick_mode_measures_one_and_two_processes(tmp_path):
         ("weak", 2),
     ]
     for r in rows:
-        for key in ("ms_median", "ms_min", "speedup", "efficiency"):
+        for key in ("ms_median", "ms_min", "speedup", "efficiency", "cpu_ms", "cpu_speedup"):
             assert math.isfinite(float(r[key])) and float(r[key]) > 0, (key, r)
     strong2 = rows[2]
     assert math.isclose(float(strong2["efficiency"]), float(strong2["speedup"]) / 2, rel_tol=1e-9)
