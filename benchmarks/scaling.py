@@ -246,7 +246,7 @@ def main(argv: list[str]) -> int:
     }
     notes = (
         f"**This is a {os.cpu_count()}-core machine shared with other jobs** (load averages "
-        "above), so W = 2 processes compete with everything else for the two cores: the "
+        "under Settings), so W = 2 processes compete with everything else for the two cores: the "
         "figures are a lower bound on what two free cores give, and they vary from run to run. "
         "The single-process rows use natvi.fit without torch.distributed (the baseline a user "
         "would otherwise run); the 'distributed code path' row runs natvi.distributed.fit in a "

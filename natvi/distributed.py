@@ -195,8 +195,8 @@ class DataParallelELBO(nn.Module):
     whose *value* is ``Σ_r ℓ_r`` (see the module docstring) and whose *gradient* with respect to
     every parameter is ``Σ_r ∇ℓ_r``: the local gradients are computed inside the call,
     all-reduced in one flat buffer with the value, and attached to a surrogate
-    ``Σ_r ℓ_r + (s − stop_grad(s))`` with ``s = Σ_p ⟨p, G_p⟩`` (one dot product); the bracket is exactly zero and
-    its gradient is exactly ``G_p``, so ``loss.backward()`` leaves the reduced gradient in
+    ``Σ_r ℓ_r + (s − stop_grad(s))`` with ``s = Σ_p ⟨p, G_p⟩`` (one dot product); the bracket
+    is exactly zero and its gradient is exactly ``G_p``, so ``loss.backward()`` leaves the reduced gradient in
     ``.grad`` and any optimiser (NaturalGradient, Adam) sees the global problem. Without grad
     mode (the safeguard's loss re-evaluations) only the value is reduced.
 
