@@ -87,6 +87,7 @@ class SparseGPBase(BaseEstimator):
 
     def _build_model(self, Z: torch.Tensor, mean_init: float = 0.0) -> torch.nn.Module:
         from natvi.gp import SVGP
+        from natvi.parameterizations import MeanCholesky, Natural
 
         mean = gpytorch.means.ConstantMean()
         mean.constant.data.fill_(mean_init)
@@ -96,6 +97,7 @@ class SparseGPBase(BaseEstimator):
             inducing_points=Z,
             num_latent=self._num_latent(),
             mean=mean,
+            parameterization=Natural() if self.method == "natgrad" else MeanCholesky(),
         )
         return model.to(**self._torch_kw)
 
@@ -111,24 +113,25 @@ class SparseGPBase(BaseEstimator):
         Z = kmeans_inducing_points(Xs.cpu().numpy(), int(self.num_inducing), seed)
         torch.manual_seed(seed)
         self.model_ = self._build_model(torch.as_tensor(Z, **self._torch_kw), mean_init)
-        self._train(Xs, y.to(self._torch_kw["device"]))
+        self._train(Xs, y.to(self._torch_kw["device"]), seed)
 
-    def _train(self, X: torch.Tensor, y: torch.Tensor) -> None:
+    def _train(self, X: torch.Tensor, y: torch.Tensor, seed: int) -> None:
         """Natural steps (log-linear warm-up) + Adam, or Adam on everything; stop on ELBO."""
-        from natvi import fit
+        from natvi.fit import fit
         from natvi.optim.schedules import LogLinearWarmup
 
-        N = X.shape[0]
-        stop = _ElboPlateau(tol=self.tol * N, window=self.n_iter_no_change,
-                            start=self.warmup_iter if self.method == "natgrad" else 0)
+        natgrad = self.method == "natgrad"
+        stop = _ElboPlateau(tol=self.tol * X.shape[0], window=int(self.n_iter_no_change),
+                            start=int(self.warmup_iter) if natgrad else 0)
+        lr = LogLinearWarmup(1e-4, self.natgrad_lr, int(self.warmup_iter)) if natgrad else None
         result = fit(
-            self.model_, X, y, method=self.method, iterations=int(self.max_iter),
-            lr=LogLinearWarmup(1e-4, self.natgrad_lr, self.warmup_iter),
-            hyper_lr=self.learning_rate, callback=stop, progress=self.progress,
+            self.model_, X, y, method=self.method, iterations=int(self.max_iter), lr=lr,
+            hyper_lr=self.learning_rate, stop_when=stop, progress=bool(self.progress), seed=seed,
         )
         self.history_ = result.history
-        self.n_iter_ = len(result.history.elbo)
-        self.elbo_ = float(result.history.elbo[-1])
+        self.n_iter_ = len(result.history)
+        with torch.no_grad():
+            self.elbo_ = float(self.model_.elbo(X, y))
 
     @property
     def inducing_points_(self) -> np.ndarray:
@@ -139,8 +142,9 @@ class SparseGPBase(BaseEstimator):
 
     def _latent(self, X: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of q(f) at ``X``: ``[N]`` each, or ``[N, L]`` for L latents."""
+        Xs = self._validate_X(X)
         with torch.no_grad():
-            return self.model_.predict_f(self._validate_X(X))
+            return self.model_.predict_f(Xs)
 
     # ---------------------------------------------------------------- saving
     def _fitted_state(self) -> dict[str, Any]:
@@ -195,12 +199,13 @@ class SparseGPBase(BaseEstimator):
 
 class _ElboPlateau:
     """Stopping rule: stop once the ELBO gained less than ``tol`` over the last ``window``
-    iterations (counted after ``start``); called with the ELBO history, returns True to stop."""
+    iterations (counted after ``start``); called with the :class:`natvi.fit` history."""
 
     def __init__(self, tol: float, window: int, start: int) -> None:
         self.tol, self.window, self.start = tol, window, start
 
-    def __call__(self, elbos: list[float]) -> bool:
+    def __call__(self, history) -> bool:
+        elbos = history.elbo
         t = len(elbos)
         if t < self.start + self.window + 1:
             return False

@@ -108,32 +108,55 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(
-                f"y has a single class ({self.classes_[0]!r}); a classifier needs at least two "
+                f"y has only one class ({self.classes_[0]!r}); a classifier needs at least two "
                 "classes, so check the labels."
             )
         dtype = self._torch_kw["dtype"] if len(self.classes_) == 2 else torch.long
         self._fit_model(X, torch.as_tensor(y_idx, dtype=dtype))
         return self
 
+    def predict_latent(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance of the posterior ``q(f)`` at ``X``: ``[N]`` each (two classes)
+        or ``[N, C]``."""
+        mean, var = self._latent(X)
+        return mean.cpu().numpy(), var.cpu().numpy()
+
     def decision_function(self, X: Any) -> np.ndarray:
-        """Posterior mean of the latent function(s): ``[N]`` (two classes) or ``[N, C]``."""
-        mean, _ = self._latent(X)
-        return mean.cpu().numpy()
+        """Log-odds of the integrated probabilities: ``log p₁ − log p₀`` ``[N]`` (two classes),
+        ``log p`` ``[N, C]`` otherwise; ranks exactly as :meth:`predict_proba`."""
+        proba = np.clip(self.predict_proba(X), np.finfo(np.float64).tiny, None)
+        logp = np.log(proba)
+        return logp[:, 1] - logp[:, 0] if len(self.classes_) == 2 else logp
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities ``[N, C]``, integrated over q(f) (columns follow ``classes_``)."""
+        """Class probabilities ``[N, C]``, integrated over q(f) (columns follow ``classes_``).
+
+        Two classes: ``∫ p(y=1|f) q(f) df`` by the likelihood (closed form for the probit link,
+        Gauss–Hermite for the logit). Softmax: Monte Carlo with ``2 × 500`` antithetic draws
+        shared by every row, so a row's probabilities do not depend on the other rows.
+        """
         Xs = self._validate_X(X)
         with torch.no_grad():
-            p, _ = self.model_.predict_y(Xs)
+            mean, var = self.model_.predict_f(Xs)
+            if len(self.classes_) == 2:
+                p, _ = self.model_.likelihood.predict_mean_and_var(mean, var)
+                p = p.cpu().numpy().astype(np.float64).reshape(-1)
+                return np.column_stack([1.0 - p, p])
+            if self.multiclass == "robustmax":
+                p, _ = self.model_.likelihood.predict_mean_and_var(mean, var)
+            else:
+                g = torch.Generator(device=mean.device).manual_seed(0)
+                eps = torch.randn(500, 1, mean.shape[-1], generator=g, dtype=mean.dtype,
+                                  device=mean.device)
+                eps = torch.cat([eps, -eps])
+                p = torch.softmax(mean + var.clamp_min(0).sqrt() * eps, dim=-1).mean(0)
         p = p.cpu().numpy().astype(np.float64)
-        if len(self.classes_) == 2:
-            p = p.reshape(-1)
-            return np.column_stack([1.0 - p, p])
         return p / p.sum(axis=1, keepdims=True)
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class for each row of ``X``: ``[N]``."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def prediction_table(self, X: Any) -> tuple[list[str], list[list[str]]]:
         """Header and rows for ``natvi predict``: the class, then one probability per class."""

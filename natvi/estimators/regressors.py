@@ -72,7 +72,9 @@ class _RegressorBase(RegressorMixin, SparseGPBase):
 class SparseGPRegressor(_RegressorBase):
     """Sparse variational GP regression with Gaussian or Student-t (robust) noise.
 
-    ``y`` is standardised internally; predictions are returned in the original units.
+    ``y`` is standardised internally; predictions are returned in the original units. The
+    noise starts at 0.1 of the variance of y (Student-t: scale 0.3, 3 degrees of freedom) and
+    is learned.
     ``predict(X, return_std=True)`` gives the predictive mean and standard deviation of y
     (noise included; for Student-t noise the standard deviation of the predictive).
     """ + _SETTINGS_DOC + """
@@ -111,8 +113,8 @@ class SparseGPRegressor(_RegressorBase):
         from natvi import likelihoods
 
         if self.likelihood == "studentt":
-            return likelihoods.StudentT()
-        return likelihoods.Gaussian()
+            return likelihoods.StudentT(scale=0.3)
+        return likelihoods.Gaussian(noise=0.1)
 
     def fit(self, X: Any, y: Any) -> SparseGPRegressor:
         """Fit to ``X [N, D]`` and real targets ``y [N]``; returns self."""
