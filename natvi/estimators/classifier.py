@@ -60,7 +60,7 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
         max_iter: int = 300,
         tol: float = 1e-4,
         n_iter_no_change: int = 10,
-        learning_rate: float = 0.01,
+        learning_rate: float = 0.05,
         natgrad_lr: float = 0.1,
         warmup_iter: int = 10,
         random_state: int | None = None,
