@@ -65,7 +65,7 @@ def run_comparison(
     X_tr, X_te, y_tr, y_te = train_test_split(
         X, y, test_size=args.test_size, stratify=stratify, random_state=args.seed
     )
-    max_iter = 60 if args.quick else 1000
+    max_iter = 60 if args.quick else 300
     rows, histories = [], {}
     for method in METHODS:
         print(f"fitting with {METHODS[method]} ...", flush=True)
