@@ -149,7 +149,8 @@ def _synthetic(models, sigmas, n, batch, seed, methods):
                         method=method,
                         step_size=str(hp),
                         kl_final=values[-1],
-                        kl_at_10pct=values[len(values) // 2],
+                        kl_mid=values[len(values) // 2],
+                        mid_samples=checkpoints[len(values) // 2],
                         seconds=time.perf_counter() - t0,
                     )
                 )
