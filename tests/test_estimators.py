@@ -25,6 +25,9 @@ from natvi.estimators import (
 )
 
 TINY = {"num_inducing": 5, "max_iter": 3, "warmup_iter": 1, "natgrad_lr": 1.0, "random_state": 0}
+# sklearn's checks assert fit quality (e.g. R² > 0.5 on their regression data): 3 iterations with
+# 5 inducing points are too few for the hyperparameters to move there, 30 with 10 are enough.
+CHECKS = {**TINY, "num_inducing": 10, "max_iter": 30}
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +38,18 @@ def breast_cancer_fit():
     return clf, X_te, y_te
 
 
-@pytest.mark.xfail(
-    reason="open: the issue's target is 0.95; with the defaults natvi measures 0.947 (162/171) "
-    "on this split (ARD RBF, M=50); reported to the lead", strict=False,
-)
 def test_breast_cancer_accuracy_at_least_095(breast_cancer_fit):
     clf, X_te, y_te = breast_cancer_fit
     assert clf.score(X_te, y_te) >= 0.95
 
 
+@pytest.mark.xfail(
+    reason="open (issue 5 acceptance not met): on this split the integrated probabilities are "
+    "under-confident; measured log-loss integrated 0.1187 vs plug-in 0.1074 with the defaults, "
+    "and plug-in wins for every setting tried (M 50/100, probit/logit, ARD RBF/Matern52, "
+    "hyper lr 0.01-0.05, natural lr 0.1-1, 300-600 iterations)",
+    strict=True,
+)
 def test_breast_cancer_integrated_probabilities_beat_plug_in(breast_cancer_fit):
     clf, X_te, y_te = breast_cancer_fit
     integrated = log_loss(y_te, clf.predict_proba(X_te))
@@ -207,9 +213,9 @@ def test_estimators_are_exported_from_natvi():
     assert natvi.SparseGPCountRegressor is SparseGPCountRegressor
 
 
-# Every check of sklearn.utils.estimator_checks runs with tiny settings (5 inducing points,
-# 3 iterations of natural steps of size 1: for the conjugate Gaussian likelihood one such step
-# reaches the optimal q, so the checks' fit-quality bars are met).
+# Every check of sklearn.utils.estimator_checks runs with small settings (CHECKS: 10 inducing
+# points, 30 iterations, natural steps of size 1 — for the conjugate Gaussian likelihood one such
+# step reaches the optimal q — so the checks' fit-quality bars are met).
 # The count regressor cannot pass the checks that train on the checks' own real-valued or
 # negative targets: a Poisson likelihood takes non-negative integer counts and rejects anything
 # else with a ValueError, by design. Each such check is listed with that reason and must fail.
@@ -239,9 +245,9 @@ def _expected_failed_checks(est):
 
 @parametrize_with_checks(
     [
-        SparseGPClassifier(**TINY),
-        SparseGPRegressor(**TINY),
-        SparseGPCountRegressor(**TINY),
+        SparseGPClassifier(**CHECKS),
+        SparseGPRegressor(**CHECKS),
+        SparseGPCountRegressor(**CHECKS),
     ],
     expected_failed_checks=_expected_failed_checks,
     xfail_strict=True,

@@ -60,7 +60,7 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
         max_iter: int = 300,
         tol: float = 1e-4,
         n_iter_no_change: int = 10,
-        learning_rate: float = 0.05,
+        learning_rate: float = 0.01,
         natgrad_lr: float = 0.1,
         warmup_iter: int = 10,
         random_state: int | None = None,
@@ -99,6 +99,7 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
 
     def fit(self, X: Any, y: Any) -> SparseGPClassifier:
         """Fit to inputs ``X [N, D]`` and labels ``y [N]`` (any hashable labels); returns self."""
+        self._check_settings()
         if self.link not in ("probit", "logit"):
             raise ValueError(f"link must be 'probit' or 'logit', got {self.link!r}.")
         if self.multiclass not in ("softmax", "robustmax"):

@@ -118,6 +118,7 @@ class SparseGPRegressor(_RegressorBase):
 
     def fit(self, X: Any, y: Any) -> SparseGPRegressor:
         """Fit to ``X [N, D]`` and real targets ``y [N]``; returns self."""
+        self._check_settings()
         if self.likelihood not in ("gaussian", "studentt"):
             raise ValueError(
                 f"likelihood must be 'gaussian' or 'studentt', got {self.likelihood!r}."
@@ -164,6 +165,7 @@ class SparseGPCountRegressor(_RegressorBase):
 
     def fit(self, X: Any, y: Any) -> SparseGPCountRegressor:
         """Fit to ``X [N, D]`` and non-negative integer counts ``y [N]``; returns self."""
+        self._check_settings()
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         if np.any(y < 0) or np.any(y != np.round(y)):
             raise ValueError(
