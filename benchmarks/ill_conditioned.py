@@ -48,12 +48,15 @@ QUICK = [
 
 def _iterations_to(model, X, y, opt, target: float, cap: int) -> tuple[float, float, float]:
     """Step until the ELBO reaches ``target``: ``(iterations, seconds, best ELBO)``
-    (``inf`` iterations and seconds if not within ``cap``)."""
+    (``inf`` iterations and seconds if not within ``cap`` or if q left the family)."""
     best, elapsed = -math.inf, 0.0
     for it in range(cap + 1):
         t0 = time.perf_counter()
         opt.zero_grad()
-        elbo = model.elbo(X, y)
+        try:
+            elbo = model.elbo(X, y)
+        except ValueError:  # q left the family (S not positive definite): the run diverged
+            return math.inf, math.inf, best
         value = float(elbo.detach())
         best = max(best, value) if math.isfinite(value) else best
         if value >= target:
