@@ -16,7 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from natvi._validation import check_finite
-from natvi.gp.conditionals import default_jitter
+from natvi.gp.conditionals import (
+    chol_with_jitter,
+    default_jitter,
+    kernel_matrix,
+    whiten_q,
+    whitened_kl,
+)
 from natvi.likelihoods.base import Likelihood
 from natvi.parameterizations import DiagNatural, Natural, Parameterization
 from natvi.variational import GaussianVariational
@@ -92,6 +98,41 @@ class VariationalGP(nn.Module):
     def _jitter(self, dtype: torch.dtype) -> float:
         return default_jitter(dtype) if self.jitter is None else float(self.jitter)
 
+    # The prior of q lives at a set of points: the inducing inputs Z (SVGP, "K_zz") or the
+    # training inputs X (VGP, "K_xx"). Subclasses name them; everything below is shared.
+    _prior_name: str = "K"
+
+    def _prior_points(self) -> Tensor:
+        raise NotImplementedError
+
+    def _chol_prior(self) -> Tensor:
+        """Lower Cholesky factor of ``k(P, P) + jitter·I`` at the prior points ``P``."""
+        P = self._prior_points()
+        return chol_with_jitter(kernel_matrix(self.kernel, P, P), self._jitter(P.dtype),
+                                self._prior_name)
+
+    def _init_q(self, parameterization: Parameterization) -> GaussianVariational:
+        """``q`` at the prior: ``N(0, I)`` whitened, ``N(0, K + jitter·I)`` (or its diagonal)."""
+        P = self._prior_points()
+        n = P.shape[0]
+        mean0, cov0 = None, None
+        if not self.whiten:
+            with torch.no_grad():
+                L = self._chol_prior()
+                cov0 = (L @ L.mT).expand(*self._batch, n, n)
+                if self.q_diag:
+                    cov0 = cov0.diagonal(dim1=-2, dim2=-1)
+                mean0 = torch.zeros(*self._batch, n, dtype=P.dtype, device=P.device)
+        return GaussianVariational(
+            n, self._batch, parameterization, mean=mean0, cov=cov0, dtype=P.dtype, device=P.device
+        )
+
+    def _whitened_q(self, L: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
+        """Whitened ``(m̃, S̃, log det S̃)`` of ``q`` and whether ``S̃`` is held as a diagonal."""
+        m, S = self.q.meancov()
+        m_t, S_t, logdet = whiten_q(m, S, None if self.whiten else L, self.q_diag)
+        return m_t, S_t, logdet, self.q_diag and self.whiten
+
     @property
     def _batch(self) -> tuple[int, ...]:
         return (self.num_latent,) if self.num_latent > 1 else ()
@@ -146,7 +187,8 @@ class VariationalGP(nn.Module):
 
     def prior_kl(self) -> Tensor:
         """``KL(q ‖ p)`` (a scalar tensor)."""
-        raise NotImplementedError
+        m_t, S_t, logdet, diag = self._whitened_q(self._chol_prior())
+        return whitened_kl(m_t, S_t, logdet, diag)
 
     def variational_parameters(self) -> Iterator[nn.Parameter]:
         """The ξ parameters of ``q`` (for a natural-gradient optimiser)."""

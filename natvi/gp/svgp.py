@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import gpytorch
-import torch
 from torch import Tensor, nn
 
 from natvi._validation import check_finite
 from natvi.gp.base import VariationalGP, resolve_parameterization
 from natvi.gp.conditionals import (
-    chol_with_jitter,
     kernel_diag,
     kernel_matrix,
     marginals,
-    whiten_q,
     whitened_kl,
 )
 from natvi.likelihoods.base import Likelihood
 from natvi.parameterizations import Parameterization
-from natvi.variational import GaussianVariational
 
 __all__ = ["SVGP"]
 
@@ -92,31 +88,16 @@ class SVGP(VariationalGP):
         else:
             self.register_buffer("inducing_points", Z.detach().clone())
         self.to(dtype=Z.dtype, device=Z.device)
-        M = Z.shape[0]
-        mean0, cov0 = None, None
-        if not self.whiten:
-            with torch.no_grad():
-                L = chol_with_jitter(kernel_matrix(self.kernel, Z, Z), self._jitter(Z.dtype), "K_zz")
-                cov0 = (L @ L.mT).expand(*self._batch, M, M)
-                if self.q_diag:
-                    cov0 = cov0.diagonal(dim1=-2, dim2=-1)
-                mean0 = torch.zeros(*self._batch, M, dtype=Z.dtype, device=Z.device)
-        self.q = GaussianVariational(
-            M, self._batch, parameterization, mean=mean0, cov=cov0, dtype=Z.dtype, device=Z.device
-        )
+        self.q = self._init_q(parameterization)
 
     @property
     def num_inducing(self) -> int:
         return self.inducing_points.shape[0]
 
-    def _chol_zz(self) -> Tensor:
-        Z = self.inducing_points
-        return chol_with_jitter(kernel_matrix(self.kernel, Z, Z), self._jitter(Z.dtype), "K_zz")
+    _prior_name = "K_zz"
 
-    def _whitened_q(self, L_zz: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
-        m, S = self.q.meancov()
-        m_t, S_t, logdet = whiten_q(m, S, None if self.whiten else L_zz, self.q_diag)
-        return m_t, S_t, logdet, self.q_diag and self.whiten
+    def _prior_points(self) -> Tensor:
+        return self.inducing_points
 
     def _conditional(self, X: Tensor, L_zz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m_t, S_t, logdet, diag = self._whitened_q(L_zz)
@@ -125,16 +106,12 @@ class SVGP(VariationalGP):
         return mean + self._prior_mean(X), var, whitened_kl(m_t, S_t, logdet, diag)
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self._conditional(X, self._chol_zz())
+        return self._conditional(X, self._chol_prior())
 
     def predict_f(self, X: Tensor) -> tuple[Tensor, Tensor]:
         X = self._check_X(X)
-        mean, var, _ = self._conditional(X, self._chol_zz())
+        mean, var, _ = self._conditional(X, self._chol_prior())
         return self._to_lik(mean), self._to_lik(var)
-
-    def prior_kl(self) -> Tensor:
-        m_t, S_t, logdet, diag = self._whitened_q(self._chol_zz())
-        return whitened_kl(m_t, S_t, logdet, diag)
 
     def extra_repr(self) -> str:
         return (

@@ -8,7 +8,6 @@ from torch import Tensor
 
 from natvi.gp.base import VariationalGP, resolve_parameterization
 from natvi.gp.conditionals import (
-    chol_with_jitter,
     kernel_diag,
     kernel_matrix,
     marginals,
@@ -17,7 +16,6 @@ from natvi.gp.conditionals import (
 )
 from natvi.likelihoods.base import Likelihood
 from natvi.parameterizations import Parameterization
-from natvi.variational import GaussianVariational
 
 __all__ = ["VGP"]
 
@@ -64,28 +62,12 @@ class VGP(VariationalGP):
         self.q_diag = bool(q_diag)
         self.register_buffer("X", X.detach().clone())
         self.to(dtype=X.dtype, device=X.device)
-        N = X.shape[0]
-        mean0, cov0 = None, None
-        if not self.whiten:
-            with torch.no_grad():
-                L = self._chol_xx()
-                cov0 = (L @ L.mT).expand(*self._batch, N, N)
-                if self.q_diag:
-                    cov0 = cov0.diagonal(dim1=-2, dim2=-1)
-                mean0 = torch.zeros(*self._batch, N, dtype=X.dtype, device=X.device)
-        self.q = GaussianVariational(
-            N, self._batch, parameterization, mean=mean0, cov=cov0, dtype=X.dtype, device=X.device
-        )
+        self.q = self._init_q(parameterization)
 
-    def _chol_xx(self) -> Tensor:
-        return chol_with_jitter(
-            kernel_matrix(self.kernel, self.X, self.X), self._jitter(self.X.dtype), "K_xx"
-        )
+    _prior_name = "K_xx"
 
-    def _whitened_q(self, L_xx: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
-        m, S = self.q.meancov()
-        m_t, S_t, logdet = whiten_q(m, S, None if self.whiten else L_xx, self.q_diag)
-        return m_t, S_t, logdet, self.q_diag and self.whiten
+    def _prior_points(self) -> Tensor:
+        return self.X
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if X.shape != self.X.shape or not torch.equal(X, self.X):
@@ -93,7 +75,7 @@ class VGP(VariationalGP):
                 "VGP.elbo needs the training inputs X the model was built with (q lives at those "
                 "points); use SVGP for minibatches or new inputs."
             )
-        L = self._chol_xx()
+        L = self._chol_prior()
         m, S = self.q.meancov()
         m_t, S_t, logdet = whiten_q(m, S, None if self.whiten else L, self.q_diag)
         diag = self.q_diag and self.whiten
@@ -107,16 +89,12 @@ class VGP(VariationalGP):
 
     def predict_f(self, X: Tensor) -> tuple[Tensor, Tensor]:
         X = self._check_X(X)
-        L = self._chol_xx()
+        L = self._chol_prior()
         m_t, S_t, _, diag = self._whitened_q(L)
         K_xs = kernel_matrix(self.kernel, self.X, X)
         mean, var = marginals(L, K_xs, kernel_diag(self.kernel, X), m_t, S_t, diag)
         mean = mean + self._prior_mean(X)
         return self._to_lik(mean), self._to_lik(var)
-
-    def prior_kl(self) -> Tensor:
-        m_t, S_t, logdet, diag = self._whitened_q(self._chol_xx())
-        return whitened_kl(m_t, S_t, logdet, diag)
 
     def extra_repr(self) -> str:
         return (

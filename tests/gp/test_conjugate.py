@@ -48,7 +48,7 @@ def titsias(X, y, Z):
 def _unwhiten(model, m, S):
     if not model.whiten:
         return m, S
-    L = model._chol_zz() if hasattr(model, "_chol_zz") else model._chol_xx()
+    L = model._chol_prior()
     return L @ m, L @ S @ L.T
 
 
