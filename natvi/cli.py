@@ -95,14 +95,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from natvi._comparison import run_comparison
+def _read_labelled(args: argparse.Namespace):
+    """``(table, likelihood, y)`` from ``args.data`` / ``--target`` / ``--likelihood``, checked."""
     from natvi._data import check_target, infer_likelihood, read_csv
 
-    out = _writable_dir(args.out, "--out")
     table = read_csv(args.data)
     likelihood = args.likelihood or infer_likelihood(table, args.target)
-    y = check_target(table, args.target, likelihood)
+    return table, likelihood, check_target(table, args.target, likelihood)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from natvi._comparison import run_comparison
+
+    out = _writable_dir(args.out, "--out")
+    table, likelihood, y = _read_labelled(args)
     X = table.features(exclude=args.target)
     task = "classification" if likelihood in ("bernoulli", "softmax") else "regression"
     print(f"natvi compare: {args.data} ({len(y)} rows, {X.shape[1]} features), {likelihood}.")
@@ -112,13 +118,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from natvi._data import check_target, infer_likelihood, read_csv
     from natvi.estimators import make_estimator
 
     out = _writable_file(args.out, "--out")
-    table = read_csv(args.data)
-    likelihood = args.likelihood or infer_likelihood(table, args.target)
-    y = check_target(table, args.target, likelihood)
+    table, likelihood, y = _read_labelled(args)
     names = [c for c in table.columns if c != args.target]
     X = table.features(names)
     est = make_estimator(
