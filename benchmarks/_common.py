@@ -19,11 +19,15 @@ from pathlib import Path
 import torch
 
 
-def parser(name: str, description: str) -> argparse.ArgumentParser:
+def parser(name: str, description: str, threads: bool = False) -> argparse.ArgumentParser:
+    """The shared options; ``threads=True`` adds ``--threads`` (torch intra-op threads, default 1:
+    on a shared machine, thread contention inflates the many small ``M × M`` operations)."""
     p = argparse.ArgumentParser(prog=f"python -m benchmarks {name}", description=description)
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 2 min)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results folder")
     p.add_argument("--seed", type=int, default=0)
+    if threads:
+        p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     return p
 
 

@@ -47,10 +47,7 @@ def _per_iteration(method: str, M: int, iterations: int, seed: int) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = _common.parser(NAME, __doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: on a shared machine, thread "
-                             "contention inflates the many small M x M operations)")
+    parser = _common.parser(NAME, __doc__.splitlines()[0], threads=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -149,11 +149,8 @@ def plot(rows: list[dict], cap: int, path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = _common.parser(NAME, __doc__.splitlines()[0])
+    p = _common.parser(NAME, __doc__.splitlines()[0], threads=True)
     p.add_argument("--cap", type=int, default=None, help="Adam iteration cap (3000; quick 150)")
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: the machine is shared)"
-    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cap = args.cap or (150 if args.quick else 3000)

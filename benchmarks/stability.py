@@ -215,10 +215,7 @@ def plot(rows: list[dict], gammas: list[float], path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = _common.parser(NAME, __doc__.splitlines()[0])
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: the machine is shared)"
-    )
+    p = _common.parser(NAME, __doc__.splitlines()[0], threads=True)
     p.add_argument(
         "--no-closure", action="store_true", help="call natvi's step() without a closure"
     )

@@ -93,10 +93,7 @@ def plot(rows: list[dict], path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = _common.parser(NAME, __doc__.splitlines()[0])
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: the machine is shared)"
-    )
+    p = _common.parser(NAME, __doc__.splitlines()[0], threads=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     grid = QUICK if args.quick else FULL

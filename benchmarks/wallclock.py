@@ -153,11 +153,8 @@ def plot(runs: dict, num_data: dict, seeds: list[int], path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = _common.parser(NAME, __doc__.splitlines()[0])
+    p = _common.parser(NAME, __doc__.splitlines()[0], threads=True)
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (3 full, 1 quick)")
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: the machine is shared)"
-    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = QUICK if args.quick else FULL
