@@ -39,10 +39,6 @@ class Table:
     path: Path
     columns: dict[str, list[str]]
 
-    @property
-    def n_rows(self) -> int:
-        return len(next(iter(self.columns.values())))
-
     def features(self, names: list[str] | None = None, exclude: str | None = None) -> np.ndarray:
         """The numeric feature matrix ``[N, D]`` (float64) from ``names`` (default: every column
         except ``exclude``); raises :class:`DataError` for unknown, missing or non-numeric cells."""
