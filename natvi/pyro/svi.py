@@ -14,6 +14,8 @@ from pyro.infer.util import zero_grads
 from torch import Tensor
 
 from natvi.natgrad import expectation_gradient
+from natvi.optim.safeguards import is_valid
+from natvi.parameterizations import DiagNatural, Natural
 from natvi.pyro.guides import GaussianBlock, check_supported, find_blocks
 
 __all__ = ["NaturalSVI", "StepReport"]
@@ -38,14 +40,6 @@ class StepReport:
     lr_used: tuple[float, ...]
     backoffs: int
     skipped: int
-
-
-def _is_valid(theta1: Tensor, theta2: Tensor, diagonal: bool) -> bool:
-    if not (bool(torch.isfinite(theta1).all()) and bool(torch.isfinite(theta2).all())):
-        return False
-    if diagonal:
-        return bool((theta2 < 0).all())
-    return int(torch.linalg.cholesky_ex(-2.0 * theta2)[1].max()) == 0
 
 
 class NaturalSVI:
@@ -211,12 +205,12 @@ class NaturalSVI:
         try:
             if direction is None:
                 theta_new = tuple(t - gamma * g for t, g in zip(theta, g_eta))
-                if not _is_valid(*theta_new, p.diagonal):
+                if not is_valid(DiagNatural() if p.diagonal else Natural(), theta_new):
                     return None
                 new = p.from_natural(*theta_new)
             else:
                 new = tuple(x - gamma * d for x, d in zip(u, direction))
-                if not _is_valid(*p.to_natural(*new), p.diagonal):
+                if not is_valid(p, new):
                     return None
         except ValueError:  # natvi's maps raise ValueError on a non-PD or singular matrix
             return None
