@@ -350,7 +350,7 @@ def test_register_gaussian_with_constrained_params_and_bad_arguments():
 def test_constructor_validates_arguments():
     guide = AutoMultivariateNormal(linreg)
     for kwargs, match in [
-        ({"lr": -1.0}, "positive and finite"),
+        ({"lr": -1.0}, "lr must be a finite number > 0"),
         ({"update": "euclidean"}, "update must be one of"),
         ({"backoff": 1.5}, "backoff must lie in"),
         ({"loss": 3}, "loss must be a Pyro ELBO"),

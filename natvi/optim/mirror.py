@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from natvi.expfam.base import ExponentialFamily
+from natvi.optim.schedules import as_schedule, evaluate
 
 __all__ = ["MirrorDescent"]
 
@@ -80,7 +81,7 @@ class MirrorDescent(torch.optim.Optimizer):
         lr: LR = 1.0,
         max_backoff: int = 10,
     ) -> None:
-        _check_lr(lr)
+        as_schedule(lr)
         if int(max_backoff) < 0:
             raise ValueError(f"max_backoff must be ≥ 0, got {max_backoff!r}.")
         self._default_family = family
@@ -96,7 +97,7 @@ class MirrorDescent(torch.optim.Optimizer):
                 "MirrorDescent: every param group needs family=<an ExponentialFamily> (e.g. "
                 f"natvi.expfam.Gamma()); got {family!r}."
             )
-        _check_lr(param_group.get("lr", self.defaults["lr"]))
+        as_schedule(param_group.get("lr", self.defaults["lr"]))
         super().add_param_group(param_group)
         self.families.append(family)
 
@@ -113,7 +114,7 @@ class MirrorDescent(torch.optim.Optimizer):
                 continue
             state = self.state[params[0]]
             t = state.get("step", 0)
-            lr = group["lr"](t) if callable(group["lr"]) else group["lr"]
+            lr = evaluate(as_schedule(group["lr"]), t)
             theta = _pack([p.detach() for p in params])
             nat = _unpack(fam.natural_gradient(theta, _pack([p.grad for p in params])))
             new = _backtrack(fam, params, nat, lr, group["max_backoff"])
@@ -149,13 +150,3 @@ def _pack(ts: list[torch.Tensor]):
 
 def _unpack(x) -> list[torch.Tensor]:
     return list(x) if isinstance(x, tuple) else [x]
-
-
-def _check_lr(lr: LR) -> None:
-    if callable(lr):
-        return
-    if not (isinstance(lr, int | float) and lr > 0 and lr < float("inf")):
-        raise ValueError(
-            f"lr must be a finite number > 0 or a callable t -> lr_t; got {lr!r}. Try lr=1.0 "
-            "(a Newton step for a maximum-likelihood fit)."
-        )

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from natvi.natgrad import expectation_gradient
 from natvi.optim.safeguards import is_valid
+from natvi.optim.schedules import as_schedule, evaluate
 from natvi.parameterizations import DiagNatural, Natural
 from natvi.pyro.guides import GaussianBlock, check_supported, find_blocks
 
@@ -95,8 +96,7 @@ class NaturalSVI:
         max_backoffs: int = 20,
     ) -> None:
         check_supported(guide)
-        if not callable(lr):
-            self._check_lr(float(lr))
+        as_schedule(lr)
         if update not in _UPDATES:
             raise ValueError(f"update must be one of {_UPDATES}, got {update!r}.")
         if not 0.0 < backoff < 1.0:
@@ -121,12 +121,6 @@ class NaturalSVI:
         self.num_skipped = 0
         self.last_report: StepReport | None = None
 
-    @staticmethod
-    def _check_lr(lr: float) -> float:
-        if not (lr > 0.0 and lr < float("inf")):
-            raise ValueError(f"lr (the natural step size γ) must be positive and finite, got {lr}.")
-        return lr
-
     def _loss_and_grads(self, *args, **kwargs) -> tuple[float, dict[str, Tensor]]:
         with poutine.trace(param_only=True) as capture:
             if hasattr(self.loss, "loss_and_grads"):
@@ -146,7 +140,7 @@ class NaturalSVI:
         """
         loss, params = self._loss_and_grads(*args, **kwargs)
         blocks = find_blocks(self.guide, set(params))
-        lr = self._check_lr(float(self.lr(self.num_steps) if callable(self.lr) else self.lr))
+        lr = evaluate(as_schedule(self.lr), self.num_steps)
         updates, used, backoffs = [], [], 0
         for block in blocks:
             new, gamma, tries = self._block_update(block, [params[n] for n in block.names], lr)
