@@ -97,10 +97,7 @@ def natvi_run(
     from natvi.optim import NaturalGradient
 
     parameterization = NATVI_PARAMS[param]()
-    problem = BUILDERS[likelihood](
-        dtype=dtype, whiten=whiten, parameterization=parameterization,
-        q_diag=parameterization.diagonal,
-    )
+    problem = BUILDERS[likelihood](dtype=dtype, whiten=whiten, parameterization=parameterization)
     model, X, y = problem.model, problem.X, problem.y
     opt = NaturalGradient.for_model(model, lr=gamma)
 

@@ -182,6 +182,6 @@ SVGP_DEFAULTS = {
     "outputscale": 1.0,
     "whiten": True,
     "parameterization": None,
-    "q_diag": False,
+    "q_diag": None,
     "learn_inducing": True,
 }

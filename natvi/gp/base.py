@@ -31,17 +31,21 @@ __all__ = ["VariationalGP"]
 
 
 def resolve_parameterization(
-    parameterization: Parameterization | None, q_diag: bool
+    parameterization: Parameterization | None, q_diag: bool | None
 ) -> Parameterization:
-    """The default ``Natural()`` / ``DiagNatural()``; a full one with ``q_diag=True`` is an error."""
+    """The coordinates of q: ``Natural()`` / ``DiagNatural()`` by default.
+
+    ``q_diag=None`` follows the parameterisation (diagonal ones give a mean-field q); an explicit
+    ``q_diag`` that contradicts it is an error.
+    """
     if parameterization is None:
         return DiagNatural() if q_diag else Natural()
-    if bool(q_diag) != parameterization.diagonal:
+    if q_diag is not None and bool(q_diag) != parameterization.diagonal:
         kind = "diagonal" if parameterization.diagonal else "full-covariance"
         raise ValueError(
             f"q_diag={q_diag} but parameterization={parameterization!r} is {kind}; pass a "
             f"{'diagonal' if q_diag else 'full'} parameterisation (e.g. "
-            f"{'DiagNatural()' if q_diag else 'Natural()'}) or set q_diag={not q_diag}."
+            f"{'DiagNatural()' if q_diag else 'Natural()'}) or leave q_diag unset."
         )
     return parameterization
 

@@ -46,7 +46,8 @@ class SVGP(VariationalGP):
             ``q_diag``).
         num_latent: number of latent functions ``L``.
         mean: a ``gpytorch.means.Mean`` (default zero).
-        q_diag: mean-field ``q`` (a diagonal parameterisation).
+        q_diag: mean-field ``q`` (a diagonal parameterisation); ``None`` (default) follows
+            ``parameterization`` (full when it is not given).
         learn_inducing: whether ``Z`` is a learnable hyperparameter.
         jitter: see :class:`~natvi.gp.base.VariationalGP`.
 
@@ -68,7 +69,7 @@ class SVGP(VariationalGP):
         parameterization: Parameterization | None = None,
         num_latent: int = 1,
         mean: gpytorch.means.Mean | None = None,
-        q_diag: bool = False,
+        q_diag: bool | None = None,
         learn_inducing: bool = True,
         jitter: float | None = None,
     ) -> None:
@@ -82,7 +83,7 @@ class SVGP(VariationalGP):
             )
         parameterization = resolve_parameterization(parameterization, q_diag)
         self.whiten = bool(whiten)
-        self.q_diag = bool(q_diag)
+        self.q_diag = parameterization.diagonal
         if learn_inducing:
             self.inducing_points = nn.Parameter(Z.detach().clone())
         else:

@@ -49,7 +49,7 @@ class VGP(VariationalGP):
         mean: gpytorch.means.Mean | None = None,
         parameterization: Parameterization | None = None,
         num_latent: int = 1,
-        q_diag: bool = False,
+        q_diag: bool | None = None,
         whiten: bool = False,
         jitter: float | None = None,
     ) -> None:
@@ -59,7 +59,7 @@ class VGP(VariationalGP):
             raise ValueError(f"X must be a floating-point tensor; got {X.dtype}.")
         parameterization = resolve_parameterization(parameterization, q_diag)
         self.whiten = bool(whiten)
-        self.q_diag = bool(q_diag)
+        self.q_diag = parameterization.diagonal
         self.register_buffer("X", X.detach().clone())
         self.to(dtype=X.dtype, device=X.device)
         self.q = self._init_q(parameterization)

@@ -151,6 +151,19 @@ def test_dtype_follows_inducing_points_and_jitter_defaults():
     assert model._jitter(torch.float32) == 1e-4 and model._jitter(torch.float64) == 1e-6
 
 
+def test_q_diag_follows_the_parameterization_unless_given():
+    X, _ = data()
+    for cls, args in ((SVGP, {"inducing_points": Z5}), (VGP, {"X": X})):
+        diag = cls(kernel=rbf(), likelihood=Gaussian(noise=0.1), parameterization=DiagMeanLogScale(),
+                   **args)
+        assert diag.q_diag and diag.q.meancov()[1].dim() == 1
+        full = cls(kernel=rbf(), likelihood=Gaussian(noise=0.1), **args)
+        assert not full.q_diag and isinstance(full.q.parameterization, Natural)
+    with pytest.raises(ValueError, match="q_diag=False but parameterization"):
+        SVGP(kernel=rbf(), likelihood=Gaussian(noise=0.1), inducing_points=Z5, q_diag=False,
+             parameterization=DiagMeanLogScale())
+
+
 def test_bad_arguments_raise_clear_errors():
     X, y = data()
     with pytest.raises(ValueError, match="num_latent"):
