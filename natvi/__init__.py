@@ -1,7 +1,6 @@
 """natvi — natural-gradient variational inference in PyTorch."""
 
 from natvi import distributed, expfam, fisher, gp, likelihoods, linalg, optim, parameterizations
-from natvi.estimators import SparseGPClassifier, SparseGPCountRegressor, SparseGPRegressor
 from natvi.fit import fit
 from natvi.natgrad import expectation_gradient, natural_gradient
 from natvi.variational import GaussianVariational
@@ -9,12 +8,18 @@ from natvi.variational import GaussianVariational
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    """Lazy ``natvi.pyro`` (importing Pyro costs about a second; only its users pay it)."""
-    if name == "pyro":
-        import importlib
+_ESTIMATORS = ("SparseGPClassifier", "SparseGPRegressor", "SparseGPCountRegressor")
 
+
+def __getattr__(name: str):
+    """Lazy ``natvi.pyro`` and estimators: importing Pyro costs about a second and scikit-learn
+    (which the estimators need) about as much; only their users pay it."""
+    import importlib
+
+    if name == "pyro":
         return importlib.import_module("natvi.pyro")
+    if name in _ESTIMATORS:
+        return getattr(importlib.import_module("natvi.estimators"), name)
     raise AttributeError(f"module 'natvi' has no attribute {name!r}")
 
 __all__ = [
