@@ -44,10 +44,11 @@ def test_breast_cancer_accuracy_at_least_095(breast_cancer_fit):
 
 
 @pytest.mark.xfail(
-    reason="open (issue 5 acceptance not met): on this split the integrated probabilities are "
-    "under-confident; measured log-loss integrated 0.1187 vs plug-in 0.1074 with the defaults, "
-    "and plug-in wins for every setting tried (M 50/100, probit/logit, ARD RBF/Matern52, "
-    "hyper lr 0.01-0.05, natural lr 0.1-1, 300-600 iterations)",
+    reason="issue 5 acceptance line not met, and not a fault of the inference: on this split the "
+    "exact posterior of the same fitted model (elliptical slice sampling over all 398 training "
+    "latents, `python -m benchmarks calibration`) also loses to its plug-in, 0.1204 vs 0.1090, as "
+    "natvi's 0.1187 vs 0.1074 does; trained to the ELBO plateau the gap shrinks to 0.1139 vs 0.1131 "
+    "(exact 0.1122 vs 0.1102) but accuracy drops to 0.942. See benchmarks/README.md, calibration.",
     strict=True,
 )
 def test_breast_cancer_integrated_probabilities_beat_plug_in(breast_cancer_fit):
