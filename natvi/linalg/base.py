@@ -178,12 +178,7 @@ class LowRankPlusDiag(LinearOperator):
             )
         check_finite("U", U)
         if V is not None:
-            if not torch.is_tensor(V) or V.shape != U.shape:
-                raise ValueError(
-                    f"V must have the shape of U {tuple(U.shape)}, got "
-                    f"{tuple(V.shape) if torch.is_tensor(V) else type(V).__name__}."
-                )
-            check_finite("V", V)
+            _check_same_shape("V", V, "U", U)
         d = torch.as_tensor(damping, dtype=U.dtype, device=U.device)
         check_finite("damping", d)
         if d.dim() > 0 and d.shape[-1] != U.shape[-2]:
@@ -227,6 +222,16 @@ class LowRankPlusDiag(LinearOperator):
     def num_entries(self) -> int:
         factors = 1 if self.V is None else 2
         return factors * self.size * self.rank + self.size
+
+
+def _check_same_shape(name: str, value, ref_name: str, ref: Tensor) -> None:
+    """``value`` must be a finite tensor shaped like ``ref``; the error names both."""
+    if not torch.is_tensor(value) or value.shape != ref.shape:
+        raise ValueError(
+            f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got "
+            f"{tuple(value.shape) if torch.is_tensor(value) else type(value).__name__}."
+        )
+    check_finite(name, value)
 
 
 def as_operator(A: Tensor | LinearOperator) -> LinearOperator:
@@ -361,11 +366,6 @@ def prepare(
         )
     X0 = None
     if x0 is not None:
-        if not torch.is_tensor(x0) or x0.shape != b.shape:
-            raise ValueError(
-                f"x0 must have the shape of b {tuple(b.shape)}, got "
-                f"{tuple(x0.shape) if torch.is_tensor(x0) else type(x0).__name__}."
-            )
-        check_finite("x0", x0)
+        _check_same_shape("x0", x0, "b", b)
         X0 = x0.to(b.dtype).unsqueeze(-1) if vector else x0.to(b.dtype)
     return op, B, X0, vector
