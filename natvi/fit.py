@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from natvi._history import FitResult, History
+from natvi._threads import check_threads, limit_threads
 from natvi._validation import check_finite
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.optim.safeguards import Safeguard
@@ -159,6 +160,7 @@ def fit(
     resume: bool = False,
     seed: int = 0,
     distributed: bool | None = None,
+    threads: int | None = 1,
 ) -> FitResult:
     """Train a variational model by natural gradients on q and Adam on the hyperparameters.
 
@@ -197,6 +199,9 @@ def fit(
             per rank (see :mod:`natvi.distributed`). ``None``: data-parallel only inside
             :func:`natvi.distributed.data_parallel` (the CLI under torchrun). ``False``: this
             process alone.
+        threads: torch intra-op threads while training (default 1, restored afterwards;
+            ``None`` leaves torch's setting alone). Small GP problems are dispatch-bound and one
+            thread is fastest on a shared machine; see :mod:`natvi._threads`.
 
     Returns:
         :class:`FitResult` with ``.history`` (ELBO, time, lr, events, metric per iteration).
@@ -219,6 +224,7 @@ def fit(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     iterations = _positive_int("iterations", iterations, minimum=0)
+    threads = check_threads(threads)
     checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
     N = X.shape[0]
     if batch_size is not None:
@@ -277,6 +283,7 @@ def fit(
 
     stopped = False
     bar = tqdm(total=iterations, initial=start, disable=not progress, desc=f"fit ({method})")
+    restore_threads = limit_threads(threads)
     try:
         for it in range(start, iterations):
             t0 = time.perf_counter()
@@ -326,6 +333,7 @@ def fit(
                 break
     finally:
         bar.close()
+        restore_threads()
     return FitResult(model, history, q_opt, h_opt, stopped_early=stopped)
 
 
