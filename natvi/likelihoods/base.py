@@ -42,6 +42,15 @@ def _gh_grid(num_points: int, num_latent: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights
 
 
+@lru_cache(maxsize=64)
+def _gh_tensors(
+    num_points: int, num_latent: int, dtype: torch.dtype, device: torch.device | None
+) -> tuple[Tensor, Tensor]:
+    x, w = _gh_grid(num_points, num_latent)
+    nodes = torch.as_tensor(x * math.sqrt(2.0), dtype=dtype, device=device)
+    return nodes, torch.as_tensor(w, dtype=dtype, device=device)
+
+
 def gauss_hermite(
     num_points: int, num_latent: int = 1, *, dtype: torch.dtype, device: torch.device | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -49,10 +58,10 @@ def gauss_hermite(
 
     ``E[g(z)] ≈ Σ_k w_k g(z_k)`` with ``z_k = sqrt(2) x_k`` (``x`` the physicists' Hermite nodes)
     and weights summing to one; exact for polynomials of degree ``< 2 num_points`` per axis.
+    The tensors are cached per ``(num_points, num_latent, dtype, device)``: do not modify them.
     """
-    x, w = _gh_grid(int(num_points), int(num_latent))
-    nodes = torch.as_tensor(x * math.sqrt(2.0), dtype=dtype, device=device)
-    return nodes, torch.as_tensor(w, dtype=dtype, device=device)
+    device = None if device is None else torch.device(device)
+    return _gh_tensors(int(num_points), int(num_latent), dtype, device)
 
 
 def quadrature(
@@ -71,6 +80,48 @@ def quadrature(
     else:
         F = f_mean + sd * z.unsqueeze(-2)  # [K, N, L]
     return torch.einsum("k,kn->n", w, fn(F))
+
+
+def _defined_in(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in c.__dict__)
+
+
+class _GaussHermite1D(torch.autograd.Function):
+    """``(μ [N], v [N]) -> Σ_k w_k log p(y_n | μ_n + √v_n z_k)`` with a closed-form backward.
+
+    The forward pass evaluates ``log p`` and its analytic derivative ``∂_f log p`` on the
+    ``[K, N]`` grid once and reduces both to ``[N]`` vectors, so the backward pass is two
+    products instead of a replay of the grid:
+
+        ∂/∂μ_n = Σ_k w_k ∂_f log p(F_kn),       ∂/∂v_n = Σ_k w_k z_k ∂_f log p(F_kn) / (2 √v_n)
+
+    — exactly what autodiff of the quadrature computes (the second is Price's
+    ``½ E[∂²_f log p]`` on the same grid up to quadrature error). At ``v_n = 0`` autodiff would
+    give ``∞ · 0``; the limit ``½ ∂²_f log p(μ_n)`` is used there, and 0 for ``v_n < 0`` (where
+    the variance is clamped to 0).
+    """
+
+    @staticmethod
+    def forward(ctx, f_mean, f_var, likelihood, y, z, w):
+        sd = f_var.clamp_min(0).sqrt()
+        F = f_mean + sd * z.unsqueeze(-1)  # [K, N]
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return w @ likelihood.log_prob_derivatives(F, y)[0]
+        lp, d1 = likelihood.log_prob_derivatives(F, y)[:2]
+        g_mean = w @ d1
+        positive = f_var > 0
+        g_var = ((w * z) @ d1) / (2.0 * torch.where(positive, sd, 1.0))
+        if not bool(positive.all()):
+            d2 = likelihood.log_prob_derivatives(f_mean, y, second=True)[2]
+            g_var = torch.where(positive, g_var, torch.where(f_var == 0, 0.5 * d2, 0.0))
+        ctx.save_for_backward(g_mean, g_var)
+        return w @ lp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        g_mean, g_var = ctx.saved_tensors
+        return grad * g_mean, grad * g_var, None, None, None, None
 
 
 def positive(raw: Tensor) -> Tensor:
@@ -114,6 +165,24 @@ class Likelihood(nn.Module):
         """``log p(y | F)``: ``F [..., N]`` (or ``[..., N, L]``), ``y [N]`` -> ``[..., N]``."""
         raise NotImplementedError
 
+    def log_prob_derivatives(
+        self, F: Tensor, y: Tensor, second: bool = False
+    ) -> tuple[Tensor, ...]:
+        """``(log p(y | F), ∂_F log p, [∂²_F log p])`` elementwise, for one latent function.
+
+        Optional: a one-latent likelihood whose class defines it *together with*
+        :meth:`log_prob` gets the fused Gauss–Hermite expectation (the backward pass from these
+        derivatives, not a replay of the quadrature grid); others — including a subclass that
+        overrides only ``log_prob`` — keep autodiff of :meth:`log_prob`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define log_prob_derivatives")
+
+    @property
+    def analytic_derivatives(self) -> bool:
+        """Whether :meth:`log_prob_derivatives` is defined alongside this :meth:`log_prob`."""
+        owner = _defined_in(type(self), "log_prob_derivatives")
+        return owner is not Likelihood and owner is _defined_in(type(self), "log_prob")
+
     def check_y(self, y: Tensor) -> Tensor:
         """Validate labels ``y [N]`` (``ValueError`` outside the support); return them as used."""
         check_finite("y", y)
@@ -155,12 +224,16 @@ class Likelihood(nn.Module):
         return self._variational_expectations(f_mean, f_var, y)
 
     def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
+        if self.analytic_derivatives and self.num_latent == 1:
+            z, w = gauss_hermite(self.num_gh, 1, dtype=f_mean.dtype, device=f_mean.device)
+            return _GaussHermite1D.apply(f_mean, f_var, self, y, z.squeeze(-1), w)
         return self.quadrature_expectations(f_mean, f_var, y)
 
     def quadrature_expectations(
         self, f_mean: Tensor, f_var: Tensor, y: Tensor, num_points: int | None = None
     ) -> Tensor:
-        """The generic Gauss–Hermite variational expectation (the reference for closed forms)."""
+        """The generic Gauss–Hermite variational expectation by autodiff of :meth:`log_prob`
+        (the reference for closed forms and for the fused path)."""
         n = self.num_gh if num_points is None else num_points
         return quadrature(lambda F: self.log_prob(F, y), f_mean, f_var, n, self.num_latent)
 

@@ -1,0 +1,82 @@
+"""The fused Gauss–Hermite expectation against autodiff of the same quadrature (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from natvi.likelihoods import Bernoulli, Likelihood, StudentT
+from natvi.likelihoods.base import gauss_hermite
+
+
+def _inputs(N=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f_mean = 3.0 * torch.randn(N, generator=g, dtype=torch.float64)
+    f_var = torch.rand(N, generator=g, dtype=torch.float64) * 4.0 + 1e-3
+    y = (torch.rand(N, generator=g, dtype=torch.float64) > 0.4).to(torch.float64)
+    return f_mean.requires_grad_(), f_var.requires_grad_(), y
+
+
+@pytest.mark.parametrize("link", ["probit", "logit"])
+def test_fused_values_and_gradients_equal_autodiff_of_the_quadrature(link):
+    lik = Bernoulli(link=link)
+    assert lik.analytic_derivatives
+    f_mean, f_var, y = _inputs()
+    g_out = torch.randn(f_mean.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    fused = lik.variational_expectations(f_mean, f_var, y)
+    ref = lik.quadrature_expectations(f_mean, f_var, y)
+    torch.testing.assert_close(fused, ref, rtol=1e-13, atol=1e-13)
+    got = torch.autograd.grad(fused, (f_mean, f_var), g_out)
+    want = torch.autograd.grad(ref, (f_mean, f_var), g_out)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("link", ["probit", "logit"])
+def test_analytic_derivatives_match_autodiff_of_log_prob(link):
+    lik = Bernoulli(link=link)
+    # (beyond |t| = 20 torch's softplus is linear, so autodiff of the logit is the inexact one)
+    F = torch.linspace(-30 if link == "probit" else -19.5, 12, 301,
+                       dtype=torch.float64).requires_grad_()
+    for label in (0.0, 1.0):
+        y = torch.full_like(F, label)
+        lp, d1, d2 = lik.log_prob_derivatives(F, y, second=True)
+        (g,) = torch.autograd.grad(lik.log_prob(F, y).sum(), F, create_graph=True)
+        (h,) = torch.autograd.grad(g.sum(), F)
+        torch.testing.assert_close(lp, lik.log_prob(F, y), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(d1, g, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(d2, h, rtol=1e-7, atol=1e-10)
+
+
+def test_zero_variance_gradient_is_the_limit_half_the_second_derivative():
+    lik = Bernoulli()
+    f_mean = torch.tensor([-1.0, 0.3, 2.0], dtype=torch.float64, requires_grad=True)
+    f_var = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    lik.variational_expectations(f_mean, f_var, y).sum().backward()
+    _, d1, d2 = lik.log_prob_derivatives(f_mean.detach(), y, second=True)
+    torch.testing.assert_close(f_var.grad, 0.5 * d2, rtol=1e-13, atol=0)
+    torch.testing.assert_close(f_mean.grad, d1, rtol=1e-13, atol=0)
+    # ... and the limit of the positive-variance gradient
+    eps = torch.full((3,), 1e-10, dtype=torch.float64, requires_grad=True)
+    lik.variational_expectations(f_mean.detach(), eps, y).sum().backward()
+    torch.testing.assert_close(eps.grad, 0.5 * d2, rtol=1e-6, atol=0)
+
+
+def test_a_subclass_overriding_only_log_prob_falls_back_to_autodiff():
+    class Shifted(Bernoulli):
+        def log_prob(self, F, y):
+            return super().log_prob(F + 1.0, y)
+
+    lik = Shifted()
+    assert not lik.analytic_derivatives
+    assert not StudentT().analytic_derivatives and not Likelihood().analytic_derivatives
+    f_mean, f_var, y = _inputs()
+    torch.testing.assert_close(lik.variational_expectations(f_mean, f_var, y),
+                               Bernoulli().quadrature_expectations(f_mean + 1.0, f_var, y))
+
+
+def test_gauss_hermite_grids_are_cached_per_dtype():
+    a = gauss_hermite(20, dtype=torch.float64)
+    assert gauss_hermite(20, dtype=torch.float64)[0] is a[0]
+    assert gauss_hermite(20, dtype=torch.float32)[0].dtype == torch.float32
