@@ -70,17 +70,9 @@ class GaussianVariational(nn.Module):
         """The coordinates ξ as the module's parameters, in ``parameterization.names`` order."""
         return tuple(getattr(self, name) for name in self.parameterization.names)
 
-    def natural(self) -> tuple[Tensor, Tensor]:
-        """``(θ1 [*batch, M], θ2 [*batch, M, M])`` (differentiable in ξ)."""
-        return self.parameterization.to_natural(*self.xi())
-
     def meancov(self) -> tuple[Tensor, Tensor]:
         """``(m [*batch, M], S [*batch, M, M])``; diagonal family: ``S`` the variances."""
         return self.parameterization.to_meancov(*self.xi())
-
-    def expectation(self) -> tuple[Tensor, Tensor]:
-        """``(η1, η2) = (m, S + m mᵀ)`` (differentiable in ξ)."""
-        return self.parameterization.to_expectation(*self.xi())
 
     @torch.no_grad()
     def set_meancov(self, mean: Tensor, cov: Tensor) -> None:

@@ -10,7 +10,6 @@ function, :class:`LowRankPlusDiag` for damped low-rank curvature); ``b`` is ``[.
 ``[..., n, k]`` (``k`` right-hand sides as columns). See :mod:`natvi.linalg.base`.
 """
 
-from natvi.linalg import ou_theory
 from natvi.linalg.base import (
     DenseOperator,
     LinearOperator,
@@ -40,5 +39,4 @@ __all__ = [
     "OU",
     "DeviceModel",
     "max_eigenvalue",
-    "ou_theory",
 ]

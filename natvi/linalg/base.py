@@ -61,9 +61,6 @@ class LinearOperator:
         """``A v`` for ``v [..., n]``."""
         return self.matmat(v.unsqueeze(-1)).squeeze(-1)
 
-    def __matmul__(self, X: Tensor) -> Tensor:
-        return self.matvec(X) if X.dim() == 1 else self.matmat(X)
-
     def to_dense(self, dtype: torch.dtype | None = None, device=None) -> Tensor:
         """The matrix ``[..., n, n]``, built from ``n`` products with the identity."""
         dtype = self.dtype or dtype or torch.get_default_dtype()

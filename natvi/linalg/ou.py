@@ -93,6 +93,24 @@ class OU(Solver):
         self.power_iterations = power_iterations
         self._generators: dict[torch.device, torch.Generator] = {}
 
+    def replace(self, **changes: object) -> OU:
+        """A new solver with the same settings except ``changes`` (like
+        :func:`dataclasses.replace`); its random generators start afresh from ``seed``.
+
+        Example:
+            >>> OU(dt=0.1, num_samples=100, power_iterations=20).replace(num_samples=5)
+        """
+        settings = {
+            "dt": self.dt, "num_samples": self.num_samples, "burnin": self.burnin,
+            "noise": self.noise, "method": self.method, "seed": self.seed,
+            "tau": self.device_model.tau, "bits": self.device_model.bits,
+            "bandwidth": self.device_model.bandwidth, "power_iterations": self.power_iterations,
+        }
+        unknown = sorted(set(changes) - settings.keys())
+        if unknown:
+            raise ValueError(f"OU has no setting {unknown[0]!r}; settings: {', '.join(settings)}.")
+        return type(self)(**{**settings, **changes})
+
     @property
     def analog_time(self) -> float:
         """``t = dt (burnin + num_samples)`` in units of τ."""
@@ -160,15 +178,7 @@ class OU(Solver):
         n = self.num_samples if n is None else n
         if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"n must be an int ≥ 1 (number of samples), got {n!r}.")
-        sampler = OU(
-            dt=self.dt,
-            num_samples=n,
-            burnin=self.burnin,
-            noise=1.0,
-            method=self.method,
-            seed=self.seed,
-            power_iterations=self.power_iterations,
-        )
+        sampler = self.replace(num_samples=n, noise=1.0)
         sampler._generators = self._generators
         A = -2.0 * theta2
         op, B, _, _ = prepare(A, theta1, None)

@@ -74,7 +74,8 @@ class NGD(Optimizer):
     Every step appends a dict to :attr:`records` (``loss``, ``damping``, ``iterations``,
     ``residual``, ``converged``, ``solve_seconds`` (digital), ``analog_time``,
     ``device_seconds`` (modelled, OU only), ``step_seconds``, ``rho``); :attr:`last` is the
-    latest. ``state_dict`` round-trips the step count, ñ, Adam's moments and λ.
+    latest. ``state_dict`` round-trips the step count, ñ, Adam's moments, λ and the delayed
+    device state (so a resumed run with ``delay > 0`` continues the same trajectory).
 
     Example:
         >>> opt = NGD(model, loss="cross_entropy", lr=1.0, damping=1e-2,
@@ -150,7 +151,6 @@ class NGD(Optimizer):
         self.delay = float(delay)
         self.adam = adam
         self.records: list[dict] = []
-        self._previous: tuple[LinearOperator | Tensor, Tensor, Tensor] | None = None
         _, params = flat_params(model)
         defaults = {"lr": float(lr), "damping": float(damping), "betas": tuple(betas), "eps": eps}
         super().__init__([{"params": params}], defaults)
@@ -191,7 +191,7 @@ class NGD(Optimizer):
                                 strict=True):
                 p.copy_(chunk.view_as(p))
         if self.delay > 0:
-            self._previous = (A, curv.grad, natgrad)
+            self._run_delay(params, A, curv.grad, natgrad)
         record.update(
             iterations=res.iterations,
             residual=float(res.residual.max()),
@@ -224,17 +224,27 @@ class NGD(Optimizer):
             x0 = grad
         else:
             x0 = torch.cat([self.state[p]["natgrad"].reshape(-1) for p in params])
-        if self.delay > 0 and self._previous is not None:
-            A_prev, g_prev, n_prev = self._previous
-            ou = self.solver
-            steps = max(1, round(self.delay / ou.dt))
-            seed = None if ou.seed is None else ou.seed + self._step_count() + 1
-            stale = OU(dt=ou.dt, num_samples=steps, noise=ou.noise, method=ou.method, seed=seed,
-                       tau=ou.device_model.tau, bits=ou.device_model.bits,
-                       bandwidth=ou.device_model.bandwidth).solve(A_prev, g_prev, n_prev)
-            record.update(delay_time=stale.analog_time, delay_device_seconds=stale.device_seconds)
-            x0 = stale.final
+        if self.delay > 0 and "delayed" in state:
+            x0 = torch.cat([self.state[p]["delayed"].reshape(-1) for p in params])
+            record.update(state["delay_record"])
         return x0
+
+    def _run_delay(
+        self, params: list[Tensor], A: LinearOperator | Tensor, grad: Tensor, natgrad: Tensor
+    ) -> None:
+        """The device during the next step's digital work: the system just solved, run for
+        ``t_d`` from ``ñ``; its final state (kept in ``state``, so in ``state_dict``)
+        warm-starts the next step."""
+        ou = self.solver
+        steps = max(1, round(self.delay / ou.dt))
+        seed = None if ou.seed is None else ou.seed + self._step_count() + 1
+        stale = ou.replace(num_samples=steps, burnin=0, seed=seed).solve(A, grad, natgrad)
+        for p, x in zip(params, torch.split(stale.final, [p.numel() for p in params]),
+                        strict=True):
+            self.state[p]["delayed"] = x.view_as(p).clone()
+        self.state[params[0]]["delay_record"] = {
+            "delay_time": stale.analog_time, "delay_device_seconds": stale.device_seconds
+        }
 
     def _update(self, params: list[Tensor], natgrad: Tensor, group: dict) -> Tensor:
         """Store ñ and the step count; return ``δ`` (flat) with ``θ ← θ + δ``."""

@@ -204,3 +204,14 @@ def test_inverse_needs_noise_and_exact_needs_positive_definite():
     indefinite = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="positive definite"):
         OU(method="exact").solve(indefinite, torch.ones(2, dtype=torch.float64))
+
+
+def test_replace_keeps_every_other_setting_and_rejects_unknown_ones():
+    ou = OU(dt=0.3, num_samples=7, burnin=2, noise=0.5, method="exact", seed=4, tau=2e-6,
+            bits=8, bandwidth=1e9, power_iterations=9)
+    new = ou.replace(num_samples=3, seed=None)
+    assert (new.dt, new.num_samples, new.burnin, new.noise, new.method, new.seed) == (
+        0.3, 3, 2, 0.5, "exact", None)
+    assert new.device_model == ou.device_model and new.power_iterations == 9
+    with pytest.raises(ValueError, match="no setting 'steps'"):
+        ou.replace(steps=3)

@@ -229,3 +229,43 @@ def test_a_closure_is_refused_with_the_batch_api_explained():
     opt = NGD(model)
     with pytest.raises(ValueError, match=r"opt.step\(inputs, targets\)"):
         opt.step(lambda: loss_value(model(X), y, "cross_entropy"), None)
+
+
+def test_resuming_with_a_delay_continues_the_uninterrupted_trajectory():
+    def opt_for(model):
+        ou = OU(dt=0.25, num_samples=4, noise=0.0, method="exact")
+        return NGD(model, "cross_entropy", lr=0.5, damping=LAM, solver=ou, delay=1.0)
+
+    model, X, y = _problem("cross_entropy")
+    opt = opt_for(model)
+    opt.step(X, y)
+    resumed_model = copy.deepcopy(model)
+    resumed = opt_for(resumed_model)
+    resumed.load_state_dict(opt.state_dict())
+    for _ in range(2):
+        opt.step(X, y)
+        resumed.step(X, y)
+        assert resumed.last["delay_time"] == pytest.approx(1.0)
+    for p, q in zip(model.parameters(), resumed_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-12, rtol=0)
+
+
+def test_the_delayed_device_run_keeps_every_solver_setting(monkeypatch):
+    from natvi.linalg import ou as ou_module
+
+    seen = []
+    real = ou_module.max_eigenvalue
+
+    def spy(op, power_iterations=50):
+        seen.append(power_iterations)
+        return real(op, power_iterations)
+
+    monkeypatch.setattr(ou_module, "max_eigenvalue", spy)
+    model, X, y = _problem("cross_entropy")
+    ou = OU(dt=0.05, num_samples=4, noise=0.0, method="euler", power_iterations=7, tau=2e-6)
+    opt = NGD(model, "cross_entropy", lr=0.1, damping=LAM, solver=ou, form="matrix_free",
+              delay=0.2)
+    opt.step(X, y)
+    opt.step(X, y)
+    assert len(seen) == 4 and set(seen) == {7}  # two solves and two delayed runs
+    assert opt.last["delay_device_seconds"] > 0.2 * 2e-6
