@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
+
+from natvi.optim.engine import StepRecord
 
 __all__ = ["History", "FitResult"]
 
@@ -36,6 +39,34 @@ class History:
     def append(self, **row: Any) -> None:
         for key, value in row.items():
             getattr(self, key).append(value)
+
+    def append_step(
+        self,
+        *,
+        iteration: int,
+        elbo: float,
+        time: float,
+        records: Sequence[StepRecord] = (),
+        lr: float | None = None,
+        metric: float | None = None,
+    ) -> None:
+        """Append one iteration from the optimiser's step records
+        (:class:`~natvi.optim.engine.StepRecord`; ``lr`` defaults to the first record's γ;
+        the events are the records that are not "ok")."""
+        if lr is None:
+            lr = records[0].lr if records else float("nan")
+        events = [r.as_event() for r in records if r.kind != "ok"]
+        self.append(iteration=iteration, elbo=elbo, time=time, lr=lr, events=events, metric=metric)
+
+    def postfix(self) -> dict[str, str]:
+        """The progress bar's postfix for the last iteration: ELBO, γ and safeguard events."""
+        if not len(self):
+            return {}
+        out = {"elbo": f"{self.elbo[-1]:.4g}", "lr": f"{self.lr[-1]:.3g}"}
+        n_events = sum(len(e) for e in self.events)
+        if n_events:
+            out["events"] = str(n_events)
+        return out
 
     def __len__(self) -> int:
         return len(self.iteration)

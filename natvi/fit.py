@@ -38,14 +38,12 @@ from natvi._validation import check_finite
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.optim.safeguards import Safeguard
 from natvi.optim.schedules import check_lr
-from natvi.parameterizations import DiagExpectation, DiagNatural, Expectation, Natural
 from natvi.variational import GaussianVariational
 
 __all__ = ["fit", "FitResult", "History"]
 
 METHODS = ("natgrad", "adam")
 _CHECKPOINT_VERSION = 1
-_CONSTRAINED = (Natural, Expectation, DiagNatural, DiagExpectation)
 
 
 def _check_data(model: nn.Module, X: Any, y: Any) -> tuple[Tensor, Tensor]:
@@ -74,7 +72,7 @@ def _check_data(model: nn.Module, X: Any, y: Any) -> tuple[Tensor, Tensor]:
 
 def _check_adam_coordinates(model: nn.Module) -> None:
     for q in model.modules():
-        if isinstance(q, GaussianVariational) and isinstance(q.parameterization, _CONSTRAINED):
+        if isinstance(q, GaussianVariational) and q.parameterization.constrained:
             raise ValueError(
                 f"method='adam' takes ordinary gradient steps, which leave the domain of "
                 f"{q.parameterization!r} coordinates (a precision or covariance must stay positive "
@@ -300,30 +298,29 @@ def fit(
                     "or fix the diverging hyperparameters (requires_grad=False)."
                 )
             loss.backward()
-            n_events = len(getattr(q_opt, "events", ()))
             if method == "natgrad":
                 q_opt.step(_checking_closure(model, Xb, yb, num_data, loss) if loss_check else None)
-                step_lr = q_opt.last_lr[0] if q_opt.last_lr else float("nan")
+                records, step_lr = q_opt.last_records, None
                 if recompute_grad and h_opt is not None:
                     model.zero_grad(set_to_none=True)
                     (-model.elbo(Xb, yb, num_data=num_data)).backward()
             else:
                 q_opt.step()
-                step_lr = float(q_opt.param_groups[0]["lr"])
+                records, step_lr = (), float(q_opt.param_groups[0]["lr"])
             if h_opt is not None:
                 h_opt.step()
             elapsed += time.perf_counter() - t0
 
-            events = [dict(e) for e in getattr(q_opt, "events", ())[n_events:]]
-            history.append(iteration=it, elbo=-loss_value, time=elapsed, lr=step_lr,
-                           events=events, metric=None)
+            history.append_step(
+                iteration=it, elbo=-loss_value, time=elapsed, records=records, lr=step_lr
+            )
             if callback is not None:
                 with torch.no_grad():
                     value = callback(model, history)
                 history.metric[-1] = None if value is None else float(value)
             bar.update(1)
             if progress and it % 10 == 0:
-                bar.set_postfix(elbo=f"{-loss_value:.4g}")
+                bar.set_postfix(history.postfix())
             if path is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
                 save(it + 1)
             if stop_when is not None and stop_when(history):

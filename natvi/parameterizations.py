@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from natvi._linalg import cho_inverse, cholesky, symmetrize
+from natvi._linalg import cho_inverse, cho_solve_vec, cholesky, symmetrize
 from natvi._validation import check_finite
 from natvi.expfam.base import ExponentialFamily
 from natvi.expfam.gaussian import (
@@ -75,6 +75,49 @@ class Parameterization:
 
     family: ExponentialFamily = Gaussian()
     names: tuple[str, ...] = ("xi1", "xi2")
+    constrained: bool = False
+    """ξ holds a precision or covariance directly, so an ordinary gradient step (Adam, SGD) can
+    leave its domain; only natural-gradient steps (which back off) may update it."""
+    exact_steps: bool = False
+    """The plain natural step needs no loss check: true for full natural coordinates, where the
+    γ ≤ 1 step is a convex combination of precisions and γ = 1 is exact for conjugate models
+    (see :meth:`natvi.optim.safeguards.Safeguard.is_monotone`)."""
+    natural_coordinates: bool = False
+    """ξ are the natural parameters θ themselves (what the Riemannian iBLR step works in)."""
+
+    @property
+    def natural_chart(self) -> Parameterization:
+        """The natural coordinates θ of the same family (:class:`Natural` or
+        :class:`DiagNatural`): where natural steps are linear and their domain is checked."""
+        return DiagNatural() if self.diagonal else Natural()
+
+    def in_domain(self, *xi: Tensor) -> bool:
+        """Whether ξ describes a Gaussian that the next natural-gradient step can work with.
+
+        Checks that ξ and ``θ = to_natural(ξ)`` are finite, ``−2 θ2`` is positive definite, and
+        the expectation parameters ``η`` map back to θ (``η2 − η1 η1ᵀ`` positive definite in
+        working precision — a variance that underflows against ``m²`` fails here). Two Cholesky
+        factorisations of ``M × M`` matrices; no gradient is taken. Override to declare a
+        narrower domain.
+        """
+        if not all(bool(torch.isfinite(x).all()) for x in xi):
+            return False
+        try:
+            theta1, theta2 = self.to_natural(*xi)
+        except ValueError:
+            return False
+        if self.diagonal:
+            var = -0.5 / theta2
+            m = theta1 * var
+            ok = bool((theta2 < 0).all()) and bool(((var + m * m) - m * m > 0).all())
+            return ok and bool(torch.isfinite(m).all())
+        L_P, info = torch.linalg.cholesky_ex(-2.0 * symmetrize(theta2))
+        if not bool((info == 0).all()):
+            return False
+        S, m = cho_inverse(L_P), cho_solve_vec(theta1, L_P)
+        mmT = m.unsqueeze(-1) * m.unsqueeze(-2)
+        _, info = torch.linalg.cholesky_ex((S + mmT) - mmT)
+        return bool((info == 0).all()) and bool(torch.isfinite(m).all())
 
     def to_natural(self, *xi: Tensor) -> tuple[Tensor, Tensor]:
         """``ξ -> (θ1 [..., M], θ2 [..., M, M])``."""
@@ -146,6 +189,7 @@ class Natural(Parameterization):
     """``ξ = (θ1, θ2) = (S⁻¹ m, −½ S⁻¹)``. Natural gradients here need no Jacobian product."""
 
     names = ("theta1", "theta2")
+    constrained = exact_steps = natural_coordinates = True
 
     def to_natural(self, theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor]:
         return theta1, symmetrize(theta2)
@@ -164,6 +208,7 @@ class Expectation(Parameterization):
     """``ξ = (η1, η2) = (m, S + m mᵀ)``."""
 
     names = ("eta1", "eta2")
+    constrained = True
 
     def to_natural(self, eta1: Tensor, eta2: Tensor) -> tuple[Tensor, Tensor]:
         return expectation_to_natural(eta1, symmetrize(eta2))
@@ -227,6 +272,7 @@ class DiagNatural(DiagParameterization):
     """Diagonal family, ``ξ = (θ1, θ2) = (m / s², −1 / (2 s²))``, both ``[..., M]``."""
 
     names = ("theta1", "theta2")
+    constrained = natural_coordinates = True
 
     def to_natural(self, theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor]:
         return theta1, theta2
@@ -242,6 +288,7 @@ class DiagExpectation(DiagParameterization):
     """Diagonal family, ``ξ = (η1, η2) = (m, s² + m²)``, both ``[..., M]``."""
 
     names = ("eta1", "eta2")
+    constrained = True
 
     def to_natural(self, eta1: Tensor, eta2: Tensor) -> tuple[Tensor, Tensor]:
         return self.family.to_natural((eta1, eta2))

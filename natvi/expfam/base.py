@@ -44,6 +44,15 @@ class ExponentialFamily:
         (mu,) = vjp_fn(torch.ones_like(value))
         return self.project_tangent(mu)
 
+    def in_domain(self, theta: Params) -> bool:
+        """Whether ``θ`` lies in the natural parameter space: the mean map is defined there
+        (it raises ``ValueError`` outside) and finite. Override for a cheaper check."""
+        try:
+            mu = self.to_mean(theta)
+        except ValueError:
+            return False
+        return all(bool(torch.isfinite(m).all()) for m in (mu if isinstance(mu, tuple) else (mu,)))
+
     def project_tangent(self, v: Params) -> Params:
         """Project a (co)tangent onto the family's parameter space (identity by default)."""
         return v

@@ -23,9 +23,11 @@ log-partition with its arguments swapped, ``= KL(p_θ ‖ p_{θ_t})``), so equiv
 Hessian is ``F`` itself, so ``γ = 1`` is Newton's method and converges quadratically to the
 maximum-likelihood estimate ``μ = T̄``.
 
-A step is atomic: if the new θ leaves the family's domain (its mean map raises), the step size
-is halved for this step and retried, at most ``max_backoff`` times; the parameters are never
-left invalid.
+A step is atomic (:func:`natvi.optim.engine.atomic_step`, the engine of every natvi
+natural-gradient optimiser): if the new θ leaves the family's domain
+(:meth:`~natvi.expfam.ExponentialFamily.in_domain`), the step size is halved for this step and
+retried, at most ``max_backoff`` times; the parameters are never left invalid. Each step leaves
+one :class:`~natvi.optim.engine.StepRecord` per group in :attr:`MirrorDescent.step_records`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from natvi.expfam.base import ExponentialFamily
+from natvi.optim.engine import Block, StepRecord, atomic_step, warn
 from natvi.optim.schedules import as_schedule, evaluate
 
 __all__ = ["MirrorDescent"]
@@ -86,6 +89,8 @@ class MirrorDescent(torch.optim.Optimizer):
             raise ValueError(f"max_backoff must be ≥ 0, got {max_backoff!r}.")
         self._default_family = family
         self.families: list[ExponentialFamily] = []
+        self.step_records: list[StepRecord] = []
+        self.last_records: list[StepRecord] = []
         super().__init__(params, dict(lr=lr, max_backoff=int(max_backoff)))
 
     def add_param_group(self, param_group: dict) -> None:
@@ -108,40 +113,37 @@ class MirrorDescent(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group, fam in zip(self.param_groups, self.families):
+        self.last_records = []
+        for index, (group, fam) in enumerate(zip(self.param_groups, self.families)):
             params = group["params"]
             if any(p.grad is None for p in params):
                 continue
             state = self.state[params[0]]
             t = state.get("step", 0)
             lr = evaluate(as_schedule(group["lr"]), t)
-            theta = _pack([p.detach() for p in params])
-            nat = _unpack(fam.natural_gradient(theta, _pack([p.grad for p in params])))
-            new = _backtrack(fam, params, nat, lr, group["max_backoff"])
-            for p, v in zip(params, new):
-                p.copy_(v)
+            theta = [p.detach().clone() for p in params]
+            nat = _unpack(fam.natural_gradient(_pack(theta), _pack([p.grad for p in params])))
+
+            def propose(gamma: float, theta=theta, nat=nat) -> list[torch.Tensor]:
+                return [x - gamma * n for x, n in zip(theta, nat)]
+
+            def valid(candidate, fam=fam) -> bool:
+                return fam.in_domain(_pack(list(candidate)))
+
+            block = Block(params, propose, valid, lr, t, index)
+            (record,), _ = atomic_step([block], max_tries=group["max_backoff"])
+            if record.kind == "skipped":
+                raise ValueError(
+                    f"MirrorDescent: every step size from lr={lr:g} down to "
+                    f"{lr * 0.5 ** group['max_backoff']:g} leaves the {type(fam).__name__} "
+                    "family's domain, so the parameters were left unchanged. Use a smaller lr, "
+                    "raise max_backoff, or check the loss's gradient for NaN."
+                )
             state["step"] = t + 1
-            state["last_lr"] = lr
+            self.last_records.append(record)
+        self.step_records.extend(self.last_records)
+        warn("MirrorDescent", self.last_records, "Kept θ in the family's domain.", stacklevel=5)
         return loss
-
-
-def _backtrack(fam, params, nat, lr: float, max_backoff: int) -> list[torch.Tensor]:
-    gamma = lr
-    for _ in range(max_backoff + 1):
-        new = [p - gamma * n for p, n in zip(params, nat)]
-        try:
-            mu = _unpack(fam.to_mean(_pack(new)))
-        except ValueError:
-            gamma *= 0.5
-            continue
-        if all(bool(torch.isfinite(m).all()) for m in mu):
-            return new
-        gamma *= 0.5
-    raise ValueError(
-        f"MirrorDescent: every step size from lr={lr:g} down to {gamma * 2:g} leaves the "
-        f"{type(fam).__name__} family's domain, so the parameters were left unchanged. Use a "
-        "smaller lr, raise max_backoff, or check the loss's gradient for NaN."
-    )
 
 
 def _pack(ts: list[torch.Tensor]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -11,7 +12,15 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from natvi.natgrad import natural_gradient
-from natvi.optim.safeguards import Safeguard, SafeguardWarning, Strict, as_safeguard, is_valid
+from natvi.optim.engine import (
+    Block,
+    SafeguardWarning,
+    StepRecord,
+    atomic_step,
+    loss_problem,
+    warn,
+)
+from natvi.optim.safeguards import Safeguard, Strict, as_safeguard
 from natvi.optim.schedules import as_schedule, evaluate
 from natvi.parameterizations import Parameterization
 from natvi.variational import GaussianVariational
@@ -49,30 +58,6 @@ def _as_groups(params: Any) -> list[dict]:
     if all(isinstance(x, Tensor) for x in items):
         return [{"params": items}]
     return [_as_group(x) for x in items]
-
-
-def _loss_problem(before: Tensor, after: Tensor, monotone: bool) -> str | None:
-    """Why the loss ``after`` a step is unacceptable (``None``: it is fine)."""
-    after = torch.as_tensor(after).detach()
-    if not bool(torch.isfinite(after).all()):
-        return "nonfinite_loss"
-    if monotone:
-        before = torch.as_tensor(before).detach()
-        rtol = 100.0 * torch.finfo(after.dtype).eps if after.is_floating_point() else 0.0
-        if bool(after > before + rtol * before.abs().clamp_min(1.0)):
-            return "loss_increase"
-    return None
-
-
-def _evaluate_after_step(closure: Callable[[], Tensor], before: Tensor, monotone: bool):
-    """Re-evaluate the closure after a proposal; a model that cannot evaluate the new q (its
-    own factorisations fail, e.g. in float32) rejects the proposal like a non-finite loss."""
-    try:
-        with torch.enable_grad():
-            after = closure()
-    except (ValueError, torch.linalg.LinAlgError):
-        return "model_error"
-    return _loss_problem(before, after, monotone)
 
 
 class NaturalGradient(Optimizer):
@@ -118,12 +103,17 @@ class NaturalGradient(Optimizer):
         *,
         parameterization: Parameterization | None = None,
         safeguard: str | Safeguard | None = "backoff",
+        num_data: int | None = None,
     ) -> None:
         as_schedule(lr)
         self.safeguard = as_safeguard(safeguard)
-        self.events: list[dict] = []
-        self.last_lr: list[float] = []
-        defaults = {"lr": lr, "parameterization": parameterization}
+        self.step_records: list[StepRecord] = []
+        self.last_records: list[StepRecord] = []
+        self._warned_rise = False
+        if num_data is not None and (isinstance(num_data, bool) or int(num_data) != num_data
+                                     or num_data < 1):
+            raise ValueError(f"num_data must be a positive integer (N, the data size), got {num_data!r}.")
+        defaults = {"lr": lr, "parameterization": parameterization, "num_data": num_data}
         super().__init__(_as_groups(params), defaults)
 
     @classmethod
@@ -159,27 +149,41 @@ class NaturalGradient(Optimizer):
         group["params"] = params
         super().add_param_group(group)
 
-    def _record(self, event: dict) -> None:
-        self.events.append(event)
-        warnings.warn(
-            f"NaturalGradient step {event['step']} (group {event['group']}): {event['kind']} — "
-            f"lr {event['lr']:.3g} -> {event['lr_used']:.3g} after {event['tries']} rejected "
-            "proposals, to keep q valid and the loss finite.",
-            SafeguardWarning,
-            stacklevel=3,
-        )
+    @property
+    def events(self) -> list[dict]:
+        """The safeguard's interventions as event dicts (``step, group, kind, lr, lr_used,
+        tries``): the :attr:`step_records` whose kind is not ``"ok"``."""
+        return [r.as_event() for r in self.step_records if r.kind != "ok"]
 
-    def _try_group(self, group: dict, xi_old: tuple, nat: tuple, lr: float) -> tuple[float, int]:
-        """Apply the first valid proposal; return ``(lr_used, tries)`` (``lr_used`` 0: none)."""
+    @property
+    def last_lr(self) -> list[float]:
+        """Deprecated: read ``[r.lr for r in opt.last_records]``."""
+        warnings.warn(
+            "NaturalGradient.last_lr is deprecated; use [r.lr for r in opt.last_records] "
+            "(natvi.optim.engine.StepRecord).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return [r.lr for r in self.last_records]
+
+    def _block(self, index: int, group: dict) -> Block | None:
+        params = group["params"]
+        if all(q.grad is None for q in params):
+            return None
+        for q in params:
+            self.state[q].setdefault("step", 0)
+        t = self.state[params[0]]["step"]
+        lr = evaluate(as_schedule(group["lr"]), t)
         p = group["parameterization"]
-        for tries in range(self.safeguard.max_tries + 1):
-            candidate = self.safeguard.propose(p, xi_old, nat, lr)
-            if is_valid(p, candidate):
-                for param, value in zip(group["params"], candidate):
-                    param.copy_(value)
-                return lr, tries
-            lr *= self.safeguard.factor
-        return 0.0, self.safeguard.max_tries + 1
+        grads = [torch.zeros_like(q) if q.grad is None else q.grad for q in params]
+        nat = natural_gradient(p, params, grads)
+        scale = float(group.get("num_data") or 1)
+        xi_old = tuple(q.detach().clone() for q in params)
+
+        def propose(gamma: float) -> tuple[Tensor, ...]:
+            return self.safeguard.propose(p, xi_old, nat, gamma * scale)
+
+        return Block(params, propose, lambda xi: p.in_domain(*xi), lr, t, index)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -188,69 +192,50 @@ class NaturalGradient(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plans = []
-        self.last_lr = []
-        for index, group in enumerate(self.param_groups):
-            params = group["params"]
-            if all(q.grad is None for q in params):
-                continue
-            for q in params:
-                self.state[q].setdefault("step", 0)
-            t = self.state[params[0]]["step"]
-            lr = evaluate(as_schedule(group["lr"]), t)
-            self.last_lr.append(lr)
-            grads = [torch.zeros_like(q) if q.grad is None else q.grad for q in params]
-            nat = natural_gradient(group["parameterization"], params, grads)
-            xi_old = tuple(q.detach().clone() for q in params)
-            plans.append((index, group, t, lr, xi_old, nat))
-
-        monotone = any(self.safeguard.is_monotone(plan[1]["parameterization"]) for plan in plans)
-        lrs, results = [plan[3] for plan in plans], []
-        for attempt in range(self.safeguard.max_tries + 1):
-            results = [
-                (used, tries + attempt)
-                for plan, lr in zip(plans, lrs)
-                for used, tries in [self._try_group(plan[1], plan[4], plan[5], lr)]
-            ]
-            if closure is None or not plans:
-                break
-            kind = _evaluate_after_step(closure, loss, monotone)
-            if kind is None:
-                break
-            self._restore(plans)
-            # Retry below the step size that was valid but gave a bad loss.
-            lrs = [(used or lr) * self.safeguard.factor for (used, _), lr in zip(results, lrs)]
-            results = [(0.0, tries) for _, tries in results]
-            if attempt == self.safeguard.max_tries:
-                self._event(plans[0], 0.0, attempt + 1, kind)
-
-        for (index, group, _, lr, _, _), (lr_used, _) in zip(plans, results):
-            if lr_used == 0.0 and isinstance(self.safeguard, Strict):
-                self._restore(plans)
-                raise ValueError(
-                    f"the natural step with lr={lr:.3g} on group {index} "
-                    f"({group['parameterization']!r}) would leave q invalid (not a Gaussian, or a "
-                    "non-finite loss); q is unchanged. Use a smaller lr, a warm-up schedule, or "
-                    "safeguard='backoff'."
-                )
-        for plan, (lr_used, tries) in zip(plans, results):
-            if lr_used != plan[3]:
-                self._event(plan, lr_used, tries, "backoff" if lr_used > 0 else "skipped")
-            for q in plan[1]["params"]:
-                self.state[q]["step"] = plan[2] + 1
-        return loss
-
-    def _event(self, plan: tuple, lr_used: float, tries: int, kind: str) -> None:
-        index, _, t, lr, _, _ = plan
-        self._record(
-            {"step": t, "group": index, "kind": kind, "lr": lr, "lr_used": lr_used, "tries": tries}
+        blocks = [b for i, g in enumerate(self.param_groups) if (b := self._block(i, g))]
+        monotone = any(
+            self.safeguard.is_monotone(self.param_groups[b.group]["parameterization"])
+            for b in blocks
         )
-
-    @staticmethod
-    def _restore(plans: list) -> None:
-        for _, group, _, _, xi_old, _ in plans:
-            for param, value in zip(group["params"], xi_old):
-                param.copy_(value)
+        records, after = atomic_step(
+            blocks,
+            closure=closure,
+            before=loss,
+            monotone=monotone,
+            factor=self.safeguard.factor,
+            max_tries=self.safeguard.max_tries,
+            strict=isinstance(self.safeguard, Strict),
+        )
+        for b in blocks:
+            for q in b.params:
+                self.state[q]["step"] = b.step + 1
+        if isinstance(self.safeguard, Strict) and any(r.kind == "skipped" for r in records):
+            r = next(r for r in records if r.kind == "skipped")
+            raise ValueError(
+                f"the natural step with lr={r.lr:.3g} on group {r.group} "
+                f"({self.param_groups[r.group]['parameterization']!r}) would leave q invalid (not "
+                f"a Gaussian, or a non-finite loss: {r.reason}); q is unchanged. Use a smaller "
+                "lr, a warm-up schedule, or safeguard='backoff'."
+            )
+        self.last_records = records
+        self.step_records.extend(records)
+        advice = "Kept q valid and the loss finite."
+        if closure is None:
+            advice += " Without a closure the loss was not checked; pass step(closure)."
+        warn("NaturalGradient", records, advice, stacklevel=5)
+        if after is not None and not monotone and loss is not None and not self._warned_rise:
+            if loss_problem(loss, after, monotone=True) == "loss_increase":
+                self._warned_rise = True
+                warnings.warn(
+                    f"NaturalGradient: the loss rose from {float(loss):.6g} to {float(after):.6g} "
+                    f"at step {blocks[0].step} (lr {blocks[0].lr:.3g}). natvi keeps q valid but "
+                    "does not check the loss in natural coordinates; use a smaller lr (with a "
+                    "per-datum loss, num_data=N), a warm-up schedule, or "
+                    "safeguard=Backoff(monotone=True). This warning is shown once.",
+                    SafeguardWarning,
+                    stacklevel=4,
+                )
+        return loss
 
     def state_dict(self) -> dict[str, Any]:
         """Torch's state dict (per-parameter step counts) plus the safeguard ``events``.
@@ -263,13 +248,15 @@ class NaturalGradient(Optimizer):
             g["parameterization"] = type(g["parameterization"]).__name__
             if callable(g["lr"]):
                 g["lr"] = repr(g["lr"])
-        sd["events"] = [dict(e) for e in self.events]
+        sd["step_records"] = [asdict(r) for r in self.step_records]
+        sd["events"] = self.events
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore step counts, float learning rates and events; keep live configuration."""
         sd = dict(state_dict)
         events = sd.pop("events", [])
+        rows = sd.pop("step_records", None)
         saved = sd["param_groups"]
         if len(saved) != len(self.param_groups):
             raise ValueError(
@@ -290,4 +277,12 @@ class NaturalGradient(Optimizer):
             groups.append(g)
         sd["param_groups"] = groups
         super().load_state_dict(sd)
-        self.events = [dict(e) for e in events]
+        if rows is not None:
+            self.step_records = [StepRecord(**r) for r in rows]
+        else:  # a state dict of natvi < 0.3 holds the events only
+            self.step_records = [StepRecord(**_event_to_row(e)) for e in events]
+
+
+def _event_to_row(event: dict) -> dict:
+    row = {k: event[k] for k in ("step", "group", "lr", "lr_used", "tries")}
+    return {**row, "reason": event.get("kind")}

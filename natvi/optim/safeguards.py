@@ -33,8 +33,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from natvi._linalg import cho_inverse, cho_solve_vec, symmetrize
-from natvi.parameterizations import DiagNatural, Natural, Parameterization
+from natvi._linalg import symmetrize
+from natvi.optim.engine import SafeguardWarning
+from natvi.parameterizations import Parameterization
 
 __all__ = [
     "SafeguardWarning",
@@ -47,10 +48,6 @@ __all__ = [
     "riemannian_update",
     "is_valid",
 ]
-
-
-class SafeguardWarning(RuntimeWarning):
-    """A natural step was shrunk or skipped to keep q valid."""
 
 
 def plain_update(xi: Sequence[Tensor], nat: Sequence[Tensor], lr: float) -> tuple[Tensor, ...]:
@@ -112,31 +109,9 @@ def riemannian_update(
 
 
 def is_valid(parameterization: Parameterization, xi: Sequence[Tensor]) -> bool:
-    """Whether ``ξ`` describes a Gaussian that the next natural-gradient step can work with.
-
-    Checks that ξ and ``θ = to_natural(ξ)`` are finite, ``−2 θ2`` is positive definite, and the
-    expectation parameters ``η`` map back to θ (``η2 − η1 η1ᵀ`` positive definite in working
-    precision — a variance that underflows against ``m²`` fails here). Two Cholesky
-    factorisations of ``M × M`` matrices; no gradient is taken.
-    """
-    if not all(bool(torch.isfinite(x).all()) for x in xi):
-        return False
-    try:
-        theta1, theta2 = parameterization.to_natural(*xi)
-    except ValueError:
-        return False
-    if parameterization.diagonal:
-        var = -0.5 / theta2
-        m = theta1 * var
-        ok = bool((theta2 < 0).all()) and bool(((var + m * m) - m * m > 0).all())
-        return ok and bool(torch.isfinite(m).all())
-    L_P, info = torch.linalg.cholesky_ex(-2.0 * symmetrize(theta2))
-    if not bool((info == 0).all()):
-        return False
-    S, m = cho_inverse(L_P), cho_solve_vec(theta1, L_P)
-    mmT = m.unsqueeze(-1) * m.unsqueeze(-2)
-    _, info = torch.linalg.cholesky_ex((S + mmT) - mmT)
-    return bool((info == 0).all()) and bool(torch.isfinite(m).all())
+    """Whether ξ is in the domain ``parameterization`` declares
+    (:meth:`~natvi.parameterizations.Parameterization.in_domain`)."""
+    return parameterization.in_domain(*xi)
 
 
 class Safeguard:
@@ -174,7 +149,8 @@ class Safeguard:
     def is_monotone(self, parameterization: Parameterization) -> bool:
         """Whether a step in these coordinates must not increase the closure's loss.
 
-        ``"auto"``: yes except in full natural coordinates (:class:`Natural`). There the γ ≤ 1
+        ``"auto"``: yes unless the parameterisation declares ``exact_steps`` (full natural
+        coordinates, :class:`~natvi.parameterizations.Natural`). There the γ ≤ 1
         step is a convex combination of precisions (safe for log-concave likelihoods) and γ = 1
         is exact for conjugate models, so a loss check would only cost time. The mean-field
         :class:`DiagNatural` step at γ = 1 updates every factor at once (a Jacobi sweep) and
@@ -186,7 +162,7 @@ class Safeguard:
         times the prior's. The check needs a closure and costs one evaluation per try.
         """
         if self.monotone == "auto":
-            return not isinstance(parameterization, Natural)
+            return not parameterization.exact_steps
         return bool(self.monotone)
 
     def propose(
@@ -223,7 +199,7 @@ class Riemannian(Safeguard):
     name = "riemannian"
 
     def check(self, parameterization: Parameterization) -> None:
-        if not isinstance(parameterization, (Natural, DiagNatural)):
+        if not parameterization.natural_coordinates:
             raise ValueError(
                 f"safeguard='riemannian' needs natural coordinates (Natural or DiagNatural), "
                 f"but a group uses {parameterization!r}; use safeguard='backoff' for it, or hold "

@@ -108,7 +108,7 @@ def test_param_groups_take_per_group_overrides_and_skip_groups_without_gradients
     loss.backward()
     before = [x.detach().clone() for x in q3.xi()]
     opt.step()
-    assert opt.last_lr == [0.5, 0.25]
+    assert [r.lr for r in opt.last_records] == [0.5, 0.25]
     assert all(torch.equal(a, b) for a, b in zip(before, q3.xi()))
     assert opt.state_dict()["state"] and not opt.state[q3.xi()[0]]
 

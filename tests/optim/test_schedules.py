@@ -55,5 +55,5 @@ def test_optimizer_evaluates_the_schedule_at_its_own_step_count():
         opt.zero_grad()
         (-model.elbo(X, y)).backward()
         opt.step()
-        assert opt.last_lr == [pytest.approx(0.1 * len(seen))]
+        assert [r.lr for r in opt.last_records] == [pytest.approx(0.1 * len(seen))]
     assert seen == [0, 1, 2, 3]
