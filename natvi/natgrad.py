@@ -8,7 +8,11 @@ the Fisher is ``F_ξ = Jᵀ F_θ J`` and the natural gradient in ξ is
 
 one vector–Jacobian product (through ``η ↦ ξ``) and one Jacobian–vector product (through
 ``θ ↦ ξ``), both from :mod:`torch.func`. No Fisher is formed or inverted and nothing is derived
-by hand per parameterisation. For :class:`~natvi.parameterizations.Natural` the JVP is skipped.
+by hand per parameterisation. For :class:`~natvi.parameterizations.Natural` the JVP is skipped,
+and when the gradient came from one backward pass through
+:meth:`~natvi.parameterizations.Natural.to_moments` (as in natvi's GP models) the VJP too: that
+backward pass already computed ``∇_η L`` (see
+:func:`~natvi.parameterizations.recorded_expectation_gradient`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from torch import Tensor
 
 from natvi._validation import check_finite
-from natvi.parameterizations import Parameterization
+from natvi.parameterizations import Natural, Parameterization, recorded_expectation_gradient
 
 __all__ = ["natural_gradient", "expectation_gradient"]
 
@@ -46,8 +50,14 @@ def expectation_gradient(
         (diagonal family: both ``[..., M]``).
     """
     n = len(parameterization.names)
-    xi = tuple(x.detach() for x in _as_tuple("xi", xi, n))
-    grad_xi = _as_tuple("grad_xi", grad_xi, n)
+    xi, grad_xi = _as_tuple("xi", xi, n), _as_tuple("grad_xi", grad_xi, n)
+    if isinstance(parameterization, Natural) and type(parameterization).to_natural is (
+        Natural.to_natural
+    ):
+        recorded = recorded_expectation_gradient(*xi, *grad_xi)
+        if recorded is not None:
+            return recorded
+    xi = tuple(x.detach() for x in xi)
     grad_xi = tuple(torch.zeros_like(x) if g is None else g.detach() for x, g in zip(xi, grad_xi))
     for name, x, g in zip(parameterization.names, xi, grad_xi):
         if g.shape != x.shape:

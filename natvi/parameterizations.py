@@ -37,6 +37,8 @@ Example — a new parameterisation, mean and Cholesky factor of the precision::
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
@@ -62,6 +64,7 @@ __all__ = [
     "DiagExpectation",
     "DiagMeanLogScale",
     "BUILTIN",
+    "recorded_expectation_gradient",
 ]
 
 
@@ -144,6 +147,14 @@ class Parameterization:
         """``ξ -> (m, S)`` (``S`` the variances ``[..., M]`` for the diagonal family)."""
         return self.family.to_meancov(self.to_natural(*xi))
 
+    def to_moments(self, *xi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``ξ -> (m, S, log det S [...])``, what a variational model needs of q per step."""
+        m, S = self.to_meancov(*xi)
+        if self.diagonal:
+            return m, S, S.log().sum(-1)
+        L_S = cholesky(S, "the variational covariance S")
+        return m, S, 2.0 * L_S.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
     def from_meancov(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, ...]:
         """``(m, S) -> ξ`` (``S`` the variances ``[..., M]`` for the diagonal family)."""
         check_finite("mean", mean)
@@ -185,11 +196,109 @@ def _check_triangular_diag(name: str, L: Tensor) -> None:
         )
 
 
+# ∇_η L recorded by _NaturalMoments' backward, keyed on id(θ1): (weakref θ1, weakref θ2,
+# versions of θ1, θ2 at the forward pass, ∇_θ1 L, ∇_θ2 L, ∇_η1 L, ∇_η2 L).
+_RECORDED: dict[int, tuple] = {}
+
+
+class _NaturalMoments(torch.autograd.Function):
+    r"""``(θ1, θ2) -> (m, S, log det S)`` from one Cholesky of ``P = −2 θ2``, closed-form backward.
+
+    With upstream gradients ``(ḡ_m, ḡ_S, ḡ_ld)`` and ``G = sym(ḡ_S)`` the gradient in the
+    expectation parameters ``η = (m, S + m mᵀ)`` needs no inverse at all:
+
+        ∇_η2 L = G + ḡ_ld P,      ∇_η1 L = ḡ_m − 2 G m − 2 ḡ_ld θ1
+
+    (``log det S = −log det P`` and ``P = −2 θ2`` is exact), and the gradient in θ is
+    ``∇_θ = F_θ ∇_η``: ``∇_θ1 = S ḡ_m``, ``∇_θ2 = a mᵀ + m aᵀ + 2 S G S + 2 ḡ_ld S`` with
+    ``a = S ḡ_m``. ``∇_η L`` is the natural gradient in :class:`Natural` coordinates, so the
+    backward pass records it (:func:`recorded_expectation_gradient`) for the optimiser, which
+    then needs no second natural→mean map of the same θ.
+    """
+
+    @staticmethod
+    def forward(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        L_P = cholesky(-(theta2 + theta2.mT), "the precision −2·theta2")
+        S = symmetrize(torch.cholesky_inverse(L_P))
+        m = torch.cholesky_solve(theta1.unsqueeze(-1), L_P).squeeze(-1)
+        return m, S, -2.0 * L_P.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        theta1, theta2 = inputs
+        m, S, _ = output
+        ctx.save_for_backward(theta1, theta2, m, S)
+        ctx.refs = (weakref.ref(theta1), weakref.ref(theta2), theta1._version, theta2._version)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_m: Tensor | None, g_S: Tensor | None, g_ld: Tensor | None):
+        theta1, theta2, m, S = ctx.saved_tensors
+        zero = torch.zeros((), dtype=m.dtype, device=m.device)
+        G = zero if g_S is None else symmetrize(g_S)
+        g_m = torch.zeros_like(m) if g_m is None else g_m
+        g_ld = zero if g_ld is None else g_ld
+        ld = g_ld[..., None, None]
+        a = (S @ g_m.unsqueeze(-1)).squeeze(-1)
+        outer = a.unsqueeze(-1) * m.unsqueeze(-2)
+        grad2 = outer + outer.mT + 2.0 * ld * S
+        if g_S is not None:
+            grad2 = grad2 + 2.0 * symmetrize(S @ G @ S)
+        Gm = (G @ m.unsqueeze(-1)).squeeze(-1) if g_S is not None else torch.zeros_like(m)
+        eta1 = g_m - 2.0 * Gm - 2.0 * g_ld[..., None] * theta1
+        eta2 = G - ld * (theta2 + theta2.mT)
+        grad1, grad2 = a.expand_as(theta1), grad2.expand_as(theta2)
+        _remember(ctx.refs, grad1, grad2, eta1.expand_as(theta1), eta2.expand_as(theta2))
+        return grad1, grad2
+
+
+def _remember(refs: tuple, *grads: Tensor) -> None:
+    for key in [k for k, rec in _RECORDED.items() if rec[0]() is None or rec[1]() is None]:
+        del _RECORDED[key]
+    theta1 = refs[0]()
+    if theta1 is not None:
+        _RECORDED[id(theta1)] = (*refs, *(g.detach().clone() for g in grads))
+
+
+def recorded_expectation_gradient(
+    theta1: Tensor, theta2: Tensor, grad1: Tensor, grad2: Tensor
+) -> tuple[Tensor, Tensor] | None:
+    """``∇_η L`` recorded by the last backward pass through :meth:`Natural.to_moments` at
+    exactly these tensors, or ``None``.
+
+    Returned only when ``θ1, θ2`` are the very tensors of that forward pass, unchanged since
+    (same version counters), and ``(grad1, grad2)`` equal the gradient that backward produced
+    bit for bit — that is, the whole gradient came through that one evaluation. Anything else
+    (accumulated gradients, another path to θ, a modified θ) returns ``None`` and the caller
+    takes the autodiff route.
+    """
+    rec = _RECORDED.get(id(theta1))
+    if rec is None or rec[0]() is not theta1 or rec[1]() is not theta2:
+        return None
+    if (theta1._version, theta2._version) != rec[2:4]:
+        return None
+    if grad1 is None or grad2 is None:
+        return None
+    if not (torch.equal(grad1, rec[4]) and torch.equal(grad2, rec[5])):
+        return None
+    return rec[6], symmetrize(rec[7])
+
+
 class Natural(Parameterization):
-    """``ξ = (θ1, θ2) = (S⁻¹ m, −½ S⁻¹)``. Natural gradients here need no Jacobian product."""
+    """``ξ = (θ1, θ2) = (S⁻¹ m, −½ S⁻¹)``. Natural gradients here need no Jacobian product.
+
+    :meth:`to_moments` is one Cholesky of the precision with a closed-form backward pass that
+    also yields ``∇_η L``, the natural gradient (see :func:`recorded_expectation_gradient`).
+    """
 
     names = ("theta1", "theta2")
     constrained = exact_steps = natural_coordinates = True
+
+    def to_moments(self, theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if type(self).to_natural is not Natural.to_natural:
+            return super().to_moments(theta1, theta2)
+        return _NaturalMoments.apply(theta1, theta2)
 
     def to_natural(self, theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor]:
         return theta1, symmetrize(theta2)

@@ -74,6 +74,11 @@ class GaussianVariational(nn.Module):
         """``(m [*batch, M], S [*batch, M, M])``; diagonal family: ``S`` the variances."""
         return self.parameterization.to_meancov(*self.xi())
 
+    def moments(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(m, S, log det S [*batch])``: :meth:`meancov` and the log-determinant, from one
+        factorisation where the parameterisation allows (``Natural``: one Cholesky)."""
+        return self.parameterization.to_moments(*self.xi())
+
     @torch.no_grad()
     def set_meancov(self, mean: Tensor, cov: Tensor) -> None:
         """Overwrite q with ``N(mean, cov)`` in place (keeps the parameter objects)."""

@@ -133,8 +133,8 @@ class VariationalGP(nn.Module):
 
     def _whitened_q(self, L: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
         """Whitened ``(m̃, S̃, log det S̃)`` of ``q`` and whether ``S̃`` is held as a diagonal."""
-        m, S = self.q.meancov()
-        m_t, S_t, logdet = whiten_q(m, S, None if self.whiten else L, self.q_diag)
+        m, S, logdet_S = self.q.moments()
+        m_t, S_t, logdet = whiten_q(m, S, None if self.whiten else L, self.q_diag, logdet_S)
         return m_t, S_t, logdet, self.q_diag and self.whiten
 
     @property

@@ -57,14 +57,18 @@ def chol_with_jitter(K: Tensor, jitter: float, name: str) -> Tensor:
 
 
 def whiten_q(
-    m: Tensor, S: Tensor, L_zz: Tensor | None, diagonal: bool
+    m: Tensor, S: Tensor, L_zz: Tensor | None, diagonal: bool, logdet_S: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``q(u) = N(m, S)`` -> whitened ``(m̃ [*b, M], S̃, log det S̃ [*b])``.
 
     ``L_zz=None`` means ``q`` is already whitened. ``S`` is ``[*b, M, M]``, or the variances
     ``[*b, M]`` when ``diagonal``; ``S̃`` keeps that form when whitened, and is full otherwise.
+    ``logdet_S`` (``log det S [*b]``, e.g. from ``GaussianVariational.moments``) saves the
+    Cholesky of ``S``: then ``S̃ = L_zz⁻¹ S L_zz⁻ᵀ`` by two triangular solves.
     """
     if L_zz is None:
+        if logdet_S is not None:
+            return m, S, logdet_S
         if diagonal:
             return m, S, S.log().sum(-1)
         L_S = cholesky(S, "the variational covariance S")
@@ -79,6 +83,10 @@ def whiten_q(
         R = torch.linalg.solve_triangular(L_zz, torch.diag_embed(S.sqrt()).expand_as(L_zz),
                                           upper=False)
         return m_t, R @ R.mT, S.log().sum(-1) - 2.0 * half_logdet_K
+    if logdet_S is not None:
+        R = torch.linalg.solve_triangular(L_zz, S.expand_as(L_zz), upper=False)  # L⁻¹ S
+        S_t = torch.linalg.solve_triangular(L_zz, R.mT, upper=False)  # L⁻¹ S L⁻ᵀ
+        return m_t, 0.5 * (S_t + S_t.mT), logdet_S - 2.0 * half_logdet_K
     L_S = cholesky(S, "the variational covariance S")
     R = torch.linalg.solve_triangular(L_zz, L_S.expand_as(L_zz), upper=False)
     logdet = 2.0 * (L_S.diagonal(dim1=-2, dim2=-1).log().sum(-1) - half_logdet_K)

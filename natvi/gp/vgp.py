@@ -76,8 +76,8 @@ class VGP(VariationalGP):
                 "points); use SVGP for minibatches or new inputs."
             )
         L = self._chol_prior()
-        m, S = self.q.meancov()
-        m_t, S_t, logdet = whiten_q(m, S, None if self.whiten else L, self.q_diag)
+        m, S, logdet_S = self.q.moments()
+        m_t, S_t, logdet = whiten_q(m, S, None if self.whiten else L, self.q_diag, logdet_S)
         diag = self.q_diag and self.whiten
         if not self.whiten:
             mean, var = m, (S if self.q_diag else S.diagonal(dim1=-2, dim2=-1))

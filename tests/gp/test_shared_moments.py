@@ -1,0 +1,87 @@
+"""One factorisation per step: Natural.to_moments (one Cholesky, closed-form backward) against
+the autodiff path, and the ∇_η L its backward records against natvi.natural_gradient's own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from natvi.likelihoods import Bernoulli, Softmax
+from natvi.natgrad import expectation_gradient
+from natvi.parameterizations import Natural, Parameterization, recorded_expectation_gradient
+from tests.gp.problems import DT, data, random_q, svgp
+
+
+def _random_natural(batch=(), M=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B = torch.randn(*batch, M, M, generator=g, dtype=DT) / M**0.5
+    P = B @ B.mT + 0.5 * torch.eye(M, dtype=DT)
+    theta1 = torch.randn(*batch, M, generator=g, dtype=DT)
+    return theta1.requires_grad_(), (-0.5 * P).requires_grad_()
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_moments_values_and_gradients_equal_the_autodiff_path(batch):
+    theta1, theta2 = _random_natural(batch)
+    g = torch.Generator().manual_seed(5)
+    w_m = torch.randn(theta1.shape, generator=g, dtype=DT)
+    w_S = torch.randn(theta2.shape, generator=g, dtype=DT)  # not symmetric on purpose
+    w_ld = torch.randn(batch, generator=g, dtype=DT)
+
+    def loss(moments):
+        m, S, ld = moments
+        return (w_m * m).sum() + (w_S * S).sum() + (w_ld * ld).sum()
+
+    fused = Natural().to_moments(theta1, theta2)
+    ref = Parameterization.to_moments(Natural(), theta1, theta2)  # generic: autodiff
+    for a, b in zip(fused, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad(loss(fused), (theta1, theta2))
+    want = torch.autograd.grad(loss(ref), (theta1, theta2))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
+def _models():
+    X, y = data(N=40, D=2)
+    Z = X[:7].clone()
+    yield "gaussian-whitened", svgp(X, Z, whiten=True, parameterization=Natural()), X, y
+    yield "gaussian-unwhitened", svgp(X, Z, whiten=False, parameterization=Natural()), X, y
+    yb = (y > 0).to(DT)
+    yield "bernoulli-unwhitened", svgp(X, Z, whiten=False, parameterization=Natural(),
+                                       likelihood=Bernoulli()), X, yb
+    yc = (y > 0).long() + (y > 0.8).long()
+    yield "softmax-whitened", svgp(X, Z, whiten=True, parameterization=Natural(),
+                                   likelihood=Softmax(3), num_latent=3), X, yc
+
+
+@pytest.mark.parametrize("case", list(range(4)))
+def test_recorded_expectation_gradient_equals_the_autodiff_natural_gradient(case):
+    name, model, X, y = list(_models())[case]
+    random_q(model)
+    xi = model.q.xi()
+    grads = torch.autograd.grad(-model.elbo(X, y), xi)
+    recorded = recorded_expectation_gradient(*xi, *grads)
+    assert recorded is not None, name
+    assert expectation_gradient(Natural(), xi, grads)[0] is recorded[0]  # the shortcut is taken
+    reference = expectation_gradient(Natural(), tuple(x.detach().clone() for x in xi), grads)
+    for a, b in zip(recorded, reference):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_recorded_gradient_is_refused_unless_it_is_the_whole_unchanged_gradient():
+    _, model, X, y = next(iter(_models()))
+    random_q(model)
+    xi = model.q.xi()
+    (-model.elbo(X, y)).backward()
+    first = tuple(p.grad.clone() for p in xi)
+    assert recorded_expectation_gradient(*xi, *first) is not None
+    (-model.elbo(X, y)).backward()  # accumulated: 2 × the gradient, not one pass's
+    assert recorded_expectation_gradient(*xi, *(p.grad for p in xi)) is None
+    model.zero_grad()
+    (-model.elbo(X, y)).backward()
+    with torch.no_grad():
+        xi[0].add_(0.0)  # modified in place since the forward pass
+    assert recorded_expectation_gradient(*xi, *(p.grad for p in xi)) is None
+    twin = tuple(x.detach().clone() for x in xi)
+    assert recorded_expectation_gradient(*twin, *first) is None  # other tensors
