@@ -251,7 +251,7 @@ def main(argv: list[str]) -> int:
         "The single-process rows use natvi.fit without torch.distributed (the baseline a user "
         "would otherwise run); the 'distributed code path' row runs natvi.distributed.fit in a "
         "process group of one, so its ratio to the first row is the wrapper's own overhead "
-        "(the in-call gradient, the all-reduce, the checksum every 10 iterations). Each "
+        "(the all-reduce per iteration, the replica checks at the start and the end). Each "
         "iteration ends in an all-reduce, so it waits for the slower rank: when the scheduler "
         "deschedules either of the two processes, both stall, which is why the wall-clock "
         "speedup here can fall below 1 while the CPU-time columns (work per process, without "

@@ -1,7 +1,18 @@
 """natvi — natural-gradient variational inference in PyTorch."""
 
-from natvi import distributed, expfam, fisher, gp, likelihoods, linalg, optim, parameterizations
+from natvi import (
+    distributed,
+    expfam,
+    fisher,
+    gp,
+    likelihoods,
+    linalg,
+    optim,
+    parameterizations,
+    strategy,
+)
 from natvi.fit import fit
+from natvi.model import VariationalModel
 from natvi.natgrad import expectation_gradient, natural_gradient
 from natvi.variational import GaussianVariational
 
@@ -31,6 +42,8 @@ __all__ = [
     "optim",
     "fit",
     "distributed",
+    "strategy",
+    "VariationalModel",
     "parameterizations",
     "natural_gradient",
     "expectation_gradient",

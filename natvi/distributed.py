@@ -24,9 +24,14 @@ reducing ``∇_ξ`` and then taking the natural step is identical to reducing th
 gradients (or ``∇_η L``) — and costs the same bytes. Every rank then holds the same reduced
 gradient and the same ELBO value, and applies the same (deterministic) natural step, safeguard
 decisions and Adam step, so q and the hyperparameters stay bit-identical across ranks. That is
-checked, not assumed: at the start (a model that differs across ranks is an error) and every
-``check_every`` iterations, a checksum of every parameter's bits is compared with rank 0's;
-divergence raises :class:`ValueError` on every rank.
+checked, not assumed: at the start (a model that differs across ranks is an error) and at the
+end of training every parameter's bits are compared with rank 0's; divergence raises
+:class:`ValueError` on every rank.
+
+:func:`natvi.fit` itself knows nothing of this module: it is handed the strategy
+:class:`DataParallel` (``natvi.fit(..., strategy=DataParallel())``), which shards the data,
+counts the KL term once, all-reduces the ELBO and the gradients in one buffer, and agrees on
+stopping.
 
 Backends: gloo for CPU tensors, NCCL for CUDA tensors (the collectives run on the model's
 device). Launch with ``torchrun``; see ``docs/distributed.md``.
@@ -36,7 +41,8 @@ Example (``torchrun --nproc-per-node 2 train.py``)::
     natvi.distributed.init_from_env()                 # reads RANK, WORLD_SIZE, MASTER_ADDR, ...
     rank, world = natvi.distributed.rank(), natvi.distributed.world_size()
     X_r, y_r = X[rank::world], y[rank::world]         # this rank's shard
-    result = natvi.fit(model, X_r, y_r, distributed=True, batch_size=256)  # 256 per rank
+    result = natvi.fit(model, X_r, y_r, strategy=natvi.distributed.DataParallel(),
+                       batch_size=256)                # 256 per rank
 """
 
 from __future__ import annotations
@@ -44,20 +50,21 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from natvi.gp.vgp import VGP
+from natvi import strategy as _strategy
+from natvi.model import needs_full_batch
 
 __all__ = [
-    "DataParallelELBO",
+    "DataParallel",
     "fit",
     "data_parallel",
-    "ambient",
     "launched_by_torchrun",
     "init_from_env",
     "backend_for",
@@ -65,10 +72,11 @@ __all__ = [
     "world_size",
     "is_main_process",
     "broadcast_parameters",
+    "ambient",
     "parameter_checksum",
 ]
 
-_AMBIENT: list[dict | None] = []
+_INT_OF_SIZE = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 
 
 # ---------------------------------------------------------------- process group
@@ -136,43 +144,22 @@ def _require_group(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------- consistency
-def _bit_chunks(t: Tensor) -> Tensor:
-    """The raw bits of a floating tensor as 16-bit chunks in int64 ``[n, k]``."""
-    t = t.detach().reshape(-1)
-    bits = {8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()]
-    ints = t.contiguous().view(bits).to(torch.int64)
-    shifts = torch.arange(0, 8 * t.element_size(), 16, device=t.device)
-    return (ints.unsqueeze(-1) >> shifts) & 0xFFFF
-
-
-def parameter_checksum(module: nn.Module) -> Tensor:
-    """An exact fingerprint of every parameter's and buffer's bits, ``int64 [2]``.
-
-    Two sums of 16-bit chunks of the bit patterns, one of them position-weighted (weights in
-    ``[1, 65521]``); exact integer arithmetic, so any single flipped bit changes it and there is
-    no round-off to confuse with divergence.
-    """
-    device = next(iter(module.parameters()), torch.zeros(())).device
-    plain = torch.zeros((), dtype=torch.int64, device=device)
-    weighted = torch.zeros((), dtype=torch.int64, device=device)
-    offset = 0
-    tensors = list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]
-    for t in tensors:
-        chunks = _bit_chunks(t)
-        pos = torch.arange(offset, offset + chunks.numel(), device=device).reshape(chunks.shape)
-        plain += chunks.sum()
-        weighted += (chunks * (pos % 65521 + 1)).sum()
-        offset += chunks.numel()
-    return torch.stack([plain, weighted])
+def _bits(module: nn.Module) -> Tensor:
+    """The raw bits of every floating parameter and buffer, as one int64 vector."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    return torch.cat([
+        t.detach().contiguous().reshape(-1).view(_INT_OF_SIZE[t.element_size()]).to(torch.int64)
+        for t in tensors
+    ])
 
 
 def _in_sync(module: nn.Module) -> bool:
     """Whether every rank's parameters are bit-identical to rank 0's (the same answer on every
     rank: the mismatch flag is all-reduced, so all ranks raise together or none does)."""
-    mine = parameter_checksum(module)
+    mine = _bits(module)
     reference = mine.clone()
     dist.broadcast(reference, src=0)
-    mismatch = (mine != reference).any().to(torch.int64).reshape(1)
+    mismatch = torch.tensor([int(not torch.equal(mine, reference))], device=mine.device)
     dist.all_reduce(mismatch, op=dist.ReduceOp.MAX)
     return not bool(mismatch.item())
 
@@ -185,126 +172,6 @@ def broadcast_parameters(module: nn.Module) -> None:
             dist.broadcast(t.data, src=0)
 
 
-# ---------------------------------------------------------------- the wrapped model
-class DataParallelELBO(nn.Module):
-    """A natvi model whose ``elbo`` is the all-reduced total over every rank's shard.
-
-    It fulfils the model contract of :func:`natvi.fit` (``elbo``, ``hyperparameters``,
-    ``variational_parameters``) around ``module`` (an :class:`natvi.gp.SVGP` or any model with
-    ``elbo(X, y, num_data)`` and ``prior_kl()``). ``elbo(X_r, y_r, num_data)`` returns a scalar
-    whose *value* is ``Σ_r ℓ_r`` (see the module docstring) and whose *gradient* with respect to
-    every parameter is ``Σ_r ∇ℓ_r``: the local gradients are computed inside the call,
-    all-reduced in one flat buffer with the value, and attached to a surrogate
-    ``Σ_r ℓ_r + (s − stop_grad(s))`` with ``s = Σ_p ⟨p, G_p⟩`` (one dot product); the bracket
-    is exactly zero and its gradient is exactly ``G_p``, so ``loss.backward()`` leaves the reduced gradient in
-    ``.grad`` and any optimiser (NaturalGradient, Adam) sees the global problem. Without grad
-    mode (the safeguard's loss re-evaluations) only the value is reduced.
-
-    Constructing it is a collective: every rank must construct it, and it raises
-    :class:`ValueError` on every rank if the parameters differ across ranks.
-
-    Args:
-        module: the model, identical on every rank.
-        check_every: compare parameter checksums with rank 0 every this many gradient
-            evaluations (0: only at construction and on :meth:`check_in_sync`).
-    """
-
-    def __init__(self, module: nn.Module, check_every: int = 10) -> None:
-        super().__init__()
-        for name in ("elbo", "prior_kl", "hyperparameters", "variational_parameters"):
-            if not callable(getattr(module, name, None)):
-                raise ValueError(
-                    f"data-parallel training needs a model with {name}() (the KL term is counted "
-                    f"once, on rank 0); {type(module).__name__} has none."
-                )
-        if isinstance(module, VGP):
-            raise ValueError(
-                f"{type(module).__name__} holds its training inputs (one variable per datum), "
-                "so its q cannot be shared across data shards; use natvi.gp.SVGP."
-            )
-        if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 0:
-            raise ValueError(f"check_every must be an integer >= 0, got {check_every!r}.")
-        self.module = module
-        self.check_every = check_every
-        self._calls = 0
-        self.device = next(iter(module.parameters())).device
-        _require_group(self.device)
-        if not _in_sync(module):
-            raise ValueError(
-                "the model differs across ranks at the start of data-parallel training; build it "
-                "identically on every rank (same seed, same inducing points) or call "
-                "natvi.distributed.broadcast_parameters(model) first."
-            )
-
-    def hyperparameters(self) -> Iterator[nn.Parameter]:
-        return self.module.hyperparameters()
-
-    def variational_parameters(self) -> Iterator[nn.Parameter]:
-        return self.module.variational_parameters()
-
-    def prior_kl(self) -> Tensor:
-        return self.module.prior_kl()
-
-    def check_in_sync(self) -> None:
-        """Raise :class:`ValueError` on every rank unless all ranks hold rank 0's parameters."""
-        if not _in_sync(self.module):
-            raise ValueError(
-                "data-parallel replicas diverged: the parameters are no longer bit-identical to "
-                "rank 0's. Something outside natvi.fit changed the model on one rank, or the "
-                "ranks run nondeterministic kernels; make the model updates identical on every "
-                "rank (or broadcast_parameters and restart)."
-            )
-
-    def local_objective(self, X: Tensor, y: Tensor, num_data: int | None = None) -> Tensor:
-        """``ℓ_r``: this shard's scaled data term, minus the KL on rank 0 only."""
-        value = self.module.elbo(X, y, num_data=num_data)
-        if dist.get_rank() != 0:
-            value = value + self.module.prior_kl()
-        return value
-
-    def elbo(self, X: Tensor, y: Tensor, num_data: int | None = None) -> Tensor:
-        """The total ELBO ``Σ_r ℓ_r`` (scalar) carrying the reduced gradient; a collective.
-
-        Args:
-            X: this rank's inputs ``[B_r, D]``; y: its targets ``[B_r, ...]``.
-            num_data: this rank's shard size ``N_r`` when ``X`` is a minibatch of it.
-        """
-        grad_mode = torch.is_grad_enabled()
-        if grad_mode:
-            self._calls += 1
-            if self.check_every and self._calls % self.check_every == 0:
-                self.check_in_sync()
-        local = self.local_objective(X, y, num_data)
-        if not grad_mode or not local.requires_grad:
-            total = local.detach().clone()
-            dist.all_reduce(total)
-            return total
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(local, params, allow_unused=True)
-        dtype, n = local.dtype, len(params)
-        used = torch.tensor([g is not None for g in grads], dtype=dtype, device=self.device)
-        flat = torch.cat(
-            [local.detach().reshape(1), used]
-            + [
-                (torch.zeros_like(p) if g is None else g).reshape(-1).to(dtype)
-                for p, g in zip(params, grads)
-            ]
-        )
-        dist.all_reduce(flat)
-        total = flat[0]
-        keep = [i for i, u in enumerate(flat[1 : 1 + n].tolist()) if u > 0]  # used on a rank
-        if not keep:
-            return total
-        reduced = torch.split(flat[1 + n :], [p.numel() for p in params])
-        theta = torch.cat([params[i].reshape(-1).to(dtype) for i in keep])
-        s = theta @ torch.cat([reduced[i] for i in keep])
-        return total + (s - s.detach())
-
-    def forward(self, X: Tensor, y: Tensor, num_data: int | None = None) -> Tensor:
-        return self.elbo(X, y, num_data)
-
-
-# ---------------------------------------------------------------- training
 def _shard_info(X: Tensor, y: Tensor) -> dict[str, Any]:
     return {
         "N": int(X.shape[0]),
@@ -336,18 +203,118 @@ def _check_shards(X: Tensor, y: Tensor, batch_size: int | None) -> list[int]:
     return sizes
 
 
-def _agreed(stop_when: Callable[[Any], bool], device: torch.device) -> Callable[[Any], bool]:
-    """``stop_when`` decided together: stop when any rank's rule says stop (an all-reduce of
-    the decision), so no rank is left waiting in a collective."""
+# ---------------------------------------------------------------- the strategy
+class DataParallel(_strategy.Strategy):
+    """Data-parallel :func:`natvi.fit` over the initialised ``torch.distributed`` process group.
 
-    def decide(history: Any) -> bool:
-        flag = torch.tensor([int(bool(stop_when(history)))], device=device)
+    Every rank calls ``natvi.fit(model, X, y, strategy=DataParallel(), ...)`` with the same
+    model and arguments; ``batch_size`` is **per rank**. Per iteration rank ``r`` evaluates
+    ``ℓ_r`` (its shard's scaled data term; the KL on rank 0 only), backpropagates, and one
+    ``all_reduce`` of ``[ℓ_r, ∇ℓ_r]`` gives every rank the total ELBO and its gradient, so every
+    optimiser sees the global problem. The history holds the global ELBO; only rank 0 shows a
+    progress bar; ``stop_when`` is agreed (any rank's stop stops all). Checkpoints are refused.
+
+    Args:
+        shard_data: ``X, y`` are the full data, present on every rank; rank ``r`` of ``W`` takes
+            rows ``r, r + W, r + 2W, ...``. Default: ``X, y`` already are this rank's shard.
+        broadcast: first copy rank 0's parameters to every rank (for models built on each rank
+            by code with possibly rank-dependent round-off, e.g. k-means inducing points). By
+            default a model that differs across ranks is an error.
+        check_every: deprecated and ignored (the replicas are compared bit by bit at the start
+            and at the end of training).
+    """
+
+    def __init__(self, shard_data: bool = False, broadcast: bool = False,
+                 check_every: int | None = None) -> None:
+        if check_every is not None:
+            warnings.warn(
+                "check_every is deprecated and ignored: the replicas are compared at the start "
+                "and at the end of training; it will be removed in the next release.",
+                DeprecationWarning, stacklevel=2,
+            )
+        self.shard_data, self.broadcast = bool(shard_data), bool(broadcast)
+
+    @property
+    def is_main(self) -> bool:  # type: ignore[override]
+        return rank() == 0
+
+    def describe(self) -> dict:
+        return {"shard_data": self.shard_data, "broadcast": self.broadcast, "check_every": 10}
+
+    def prepare(
+        self, model: nn.Module, X: Tensor, y: Tensor, *, batch_size: int | None = None,
+        checkpoint: Any = None,
+    ) -> tuple[Tensor, Tensor]:
+        _require_group(next(iter(model.parameters())).device)
+        if checkpoint is not None:
+            raise ValueError(
+                "checkpoint= is not supported in data-parallel training yet (each rank would "
+                "write and resume on its own); checkpoint a single-process run, or save "
+                "result.model.state_dict() on rank 0 after training."
+            )
+        if not callable(getattr(model, "prior_kl", None)):
+            raise ValueError(
+                "data-parallel training needs a model with prior_kl() (the KL term is counted "
+                f"once, on rank 0); {type(model).__name__} has none."
+            )
+        if needs_full_batch(model):
+            raise ValueError(
+                f"{type(model).__name__} holds its training inputs (one variable per datum), "
+                "so its q cannot be shared across data shards; use natvi.gp.SVGP."
+            )
+        if self.shard_data:
+            r, w = dist.get_rank(), dist.get_world_size()
+            X, y = X[r::w], y[r::w]
+        _check_shards(X, y, batch_size)
+        if self.broadcast:
+            broadcast_parameters(model)
+        if not _in_sync(model):
+            raise ValueError(
+                "the model differs across ranks at the start of data-parallel training; build it "
+                "identically on every rank (same seed, same inducing points) or call "
+                "natvi.distributed.broadcast_parameters(model) first."
+            )
+        return X, y
+
+    def objective(self, model: Any, X: Tensor, y: Tensor, num_data: int | None) -> Tensor:
+        """``ℓ_r``: this shard's scaled data term, minus the KL on rank 0 only."""
+        value = model.elbo(X, y, num_data=num_data)
+        return value if dist.get_rank() == 0 else value + model.prior_kl()
+
+    def reduce(self, value: Tensor, params: Sequence[Tensor] = ()) -> Tensor:
+        """One ``all_reduce(SUM)`` of ``[value, used flags, gradients]``; a parameter without a
+        gradient on every rank keeps ``.grad = None`` (as in one process)."""
+        grads = [p.grad for p in params]
+        used = [g is not None for g in grads]
+        flat = torch.cat(
+            [value.detach().reshape(1), torch.tensor(used, dtype=value.dtype, device=value.device)]
+            + [(torch.zeros_like(p) if g is None else g).reshape(-1).to(value.dtype)
+               for p, g in zip(params, grads)]
+        )
+        dist.all_reduce(flat)
+        n = len(params)
+        chunks = torch.split(flat[1 + n:], [p.numel() for p in params])
+        for p, was_used, g in zip(params, flat[1:1 + n].tolist(), chunks):
+            p.grad = g.view_as(p).to(p.dtype).clone() if was_used > 0 else None
+        return flat[0]
+
+    def agree(self, stop: bool) -> bool:
+        device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+        flag = torch.tensor([int(bool(stop))], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    return decide
+    def finish(self, model: nn.Module) -> None:
+        if not _in_sync(model):
+            raise ValueError(
+                "data-parallel replicas diverged: the parameters are no longer bit-identical to "
+                "rank 0's. Something outside natvi.fit changed the model on one rank, or the "
+                "ranks run nondeterministic kernels; make the model updates identical on every "
+                "rank (or broadcast_parameters and restart)."
+            )
 
 
+# ---------------------------------------------------------------- entry points
 def fit(
     model: nn.Module,
     X: Tensor,
@@ -355,85 +322,58 @@ def fit(
     *,
     shard_data: bool = False,
     broadcast: bool = False,
-    check_every: int = 10,
+    check_every: int | None = None,
     **fit_kwargs: Any,
 ) -> Any:
-    """:func:`natvi.fit` on this rank's shard of the data; a collective over all ranks.
+    """``natvi.fit(model, X, y, strategy=DataParallel(shard_data, broadcast), **fit_kwargs)``;
+    a collective over all ranks (see :class:`DataParallel`)."""
+    from natvi.fit import fit as natvi_fit
 
-    ``natvi.fit(model, X, y, distributed=True, ...)`` calls this. Every rank calls it with the
-    same model and the same keyword arguments; ``batch_size`` is **per rank** (global batch
-    ``B = Σ_r B_r``). The history holds the global (all-reduced) ELBO, identical on every rank;
-    only rank 0 shows a progress bar. ``stop_when`` is agreed across ranks; ``callback`` runs on
-    every rank. Checkpointing is not supported across ranks (a ValueError).
-
-    Args:
-        model: the model (identical on every rank; checked).
-        X, y: this rank's shard, or — with ``shard_data=True`` — the full data, present on every
-            rank, of which rank ``r`` takes rows ``r, r + W, r + 2W, ...``.
-        shard_data: take the strided shard of ``X, y`` here.
-        broadcast: first copy rank 0's parameters to every rank (for models built on each
-            rank by code with possibly rank-dependent round-off, e.g. k-means inducing points
-            in the estimators); by default a model that differs across ranks is an error.
-        check_every: replica-consistency check period (iterations).
-        **fit_kwargs: the arguments of :func:`natvi.fit`.
-
-    Returns:
-        :class:`natvi.fit.FitResult`; ``.model`` is ``model``.
-    """
-    from natvi.fit import fit as single_fit
-
-    device = next(iter(model.parameters())).device
-    _require_group(device)
-    if fit_kwargs.get("checkpoint") is not None:
-        raise ValueError(
-            "checkpoint= is not supported in data-parallel training yet (each rank would write "
-            "and resume on its own); checkpoint a single-process run, or save "
-            "result.model.state_dict() on rank 0 after training."
-        )
-    if shard_data:
-        r, w = dist.get_rank(), dist.get_world_size()
-        X, y = X[r::w], y[r::w]
-    _check_shards(X, y, fit_kwargs.get("batch_size"))
-    if broadcast:
-        broadcast_parameters(model)
-    wrapped = DataParallelELBO(model, check_every=check_every)
-    if fit_kwargs.get("stop_when") is not None:
-        fit_kwargs["stop_when"] = _agreed(fit_kwargs["stop_when"], device)
-    fit_kwargs["progress"] = bool(fit_kwargs.get("progress", True)) and dist.get_rank() == 0
-    _AMBIENT.append(None)  # the inner call is this rank's own loop, not data-parallel again
-    try:
-        result = single_fit(wrapped, X, y, **fit_kwargs)
-    finally:
-        _AMBIENT.pop()
-    wrapped.check_in_sync()
-    result.model = model
-    return result
+    dp = DataParallel(shard_data, broadcast, check_every)
+    return natvi_fit(model, X, y, strategy=dp, **fit_kwargs)
 
 
 @contextlib.contextmanager
 def data_parallel(
-    shard_data: bool = True, broadcast: bool = True, check_every: int = 10
-) -> Iterator[None]:
-    """Within this block, :func:`natvi.fit` calls (e.g. from the estimators and the CLI) run
-    data-parallel over the initialised process group.
+    shard_data: bool = True, broadcast: bool = True, check_every: int | None = None
+) -> Iterator[DataParallel]:
+    """Within this block, :func:`natvi.fit` calls given no strategy (e.g. from the estimators
+    and the CLI) run data-parallel: ``natvi.strategy.use(DataParallel(...))``.
 
     Args:
         shard_data: the calls pass the full data, present on every rank; rank ``r`` trains on
             rows ``r::W`` (what ``natvi fit`` under torchrun does).
         broadcast: start from rank 0's parameters (the models are built inside library code
             on each rank).
-        check_every: replica-consistency check period.
+        check_every: deprecated and ignored.
     """
-    _AMBIENT.append(
-        {"shard_data": bool(shard_data), "broadcast": bool(broadcast), "check_every": check_every}
-    )
-    try:
-        yield
-    finally:
-        _AMBIENT.pop()
+    with _strategy.use(DataParallel(shard_data, broadcast, check_every)) as dp:
+        yield dp
 
 
+# ---------------------------------------------------------------- deprecated
 def ambient() -> dict | None:
-    """The innermost :func:`data_parallel` setting, or None (single-process :func:`natvi.fit`,
-    also inside :func:`fit`'s own per-rank loop)."""
-    return _AMBIENT[-1] if _AMBIENT else None
+    """Deprecated: the settings of the data-parallel strategy in force, or None."""
+    warnings.warn(
+        "natvi.distributed.ambient() is deprecated; use natvi.strategy.current() (a Strategy).",
+        DeprecationWarning, stacklevel=2,
+    )
+    return _strategy.current().describe()
+
+
+def parameter_checksum(module: nn.Module) -> Tensor:
+    """Deprecated: an exact fingerprint ``int64 [2]`` of every parameter's and buffer's bits
+    (two sums of 16-bit chunks, one position-weighted)."""
+    warnings.warn(
+        "natvi.distributed.parameter_checksum is deprecated (the replicas are compared bit by "
+        "bit); it will be removed in the next release.", DeprecationWarning, stacklevel=2,
+    )
+    parts = []
+    for t in (*module.parameters(), *module.buffers()):
+        if t.is_floating_point():
+            ints = t.detach().contiguous().reshape(-1).view(_INT_OF_SIZE[t.element_size()])
+            shifts = torch.arange(0, 8 * t.element_size(), 16, device=t.device)
+            parts.append(((ints.to(torch.int64).unsqueeze(-1) >> shifts) & 0xFFFF).reshape(-1))
+    chunks = torch.cat(parts)
+    pos = torch.arange(chunks.numel(), device=chunks.device)
+    return torch.stack([chunks.sum(), (chunks * (pos % 65521 + 1)).sum()])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,11 @@ from tqdm.auto import tqdm
 from natvi._history import FitResult, History
 from natvi._threads import check_threads, limit_threads
 from natvi._validation import check_finite
+from natvi.model import check_model
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.optim.safeguards import Safeguard
 from natvi.optim.schedules import check_lr
+from natvi.strategy import Local, Strategy, current
 from natvi.variational import GaussianVariational
 
 __all__ = ["fit", "FitResult", "History"]
@@ -61,12 +64,7 @@ def _check_data(model: nn.Module, X: Any, y: Any) -> tuple[Tensor, Tensor]:
             f"shape mismatch: X has {X.shape[0]} rows but y has shape {tuple(y.shape)}; "
             "pass one target per row of X."
         )
-    for name in ("elbo", "hyperparameters", "variational_parameters"):
-        if not callable(getattr(model, name, None)):
-            raise ValueError(
-                f"model must define {name}() (the natvi model contract: elbo(X, y, num_data), "
-                f"hyperparameters(), variational_parameters()); {type(model).__name__} does not."
-            )
+    check_model(model)
     return X, y
 
 
@@ -157,8 +155,9 @@ def fit(
     checkpoint_every: int = 10,
     resume: bool = False,
     seed: int = 0,
-    distributed: bool | None = None,
+    strategy: Strategy | None = None,
     threads: int | None = 1,
+    distributed: bool | None = None,
 ) -> FitResult:
     """Train a variational model by natural gradients on q and Adam on the hyperparameters.
 
@@ -192,14 +191,17 @@ def fit(
             uninterrupted run (model, optimisers, schedule position, minibatch order and the
             global RNG are restored).
         seed: seeds the minibatch order.
-        distributed: ``True``: this process is one rank of a ``torch.distributed`` job and
-            ``X, y`` are its shard; gradients and the ELBO are all-reduced and ``batch_size`` is
-            per rank (see :mod:`natvi.distributed`). ``None``: data-parallel only inside
-            :func:`natvi.distributed.data_parallel` (the CLI under torchrun). ``False``: this
-            process alone.
+        strategy: how this process sees the data (:mod:`natvi.strategy`): ``None`` — the
+            strategy in force (:class:`~natvi.strategy.Local`, one process, unless inside
+            :func:`natvi.strategy.use` / :func:`natvi.distributed.data_parallel`);
+            :class:`natvi.distributed.DataParallel` — this process is one rank of a
+            ``torch.distributed`` job and ``X, y`` are its shard, gradients and the ELBO are
+            all-reduced and ``batch_size`` is per rank.
         threads: torch intra-op threads while training (default 1, restored afterwards;
             ``None`` leaves torch's setting alone). Small GP problems are dispatch-bound and one
             thread is fastest on a shared machine; see :mod:`natvi._threads`.
+        distributed: deprecated; ``True`` is ``strategy=natvi.distributed.DataParallel()``,
+            ``False`` is ``strategy=natvi.strategy.Local()``.
 
     Returns:
         :class:`FitResult` with ``.history`` (ELBO, time, lr, events, metric per iteration).
@@ -208,25 +210,19 @@ def fit(
         >>> result = natvi.fit(model, X, y, iterations=50, lr=LogLinearWarmup(1e-4, 1.0, K=5))
         >>> result.history.elbo[-1]
     """
-    from natvi import distributed as _dp
-
-    if distributed or (distributed is None and _dp.ambient() is not None):
-        return _dp.fit(
-            model, X, y, **(_dp.ambient() or {}), method=method, iterations=iterations, lr=lr,
-            safeguard=safeguard, hyper_optimizer=hyper_optimizer, hyper_lr=hyper_lr,
-            batch_size=batch_size, recompute_grad=recompute_grad, callback=callback,
-            stop_when=stop_when, progress=progress, checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every, resume=resume, seed=seed,
-        )
+    strategy = _resolve_strategy(strategy, distributed)
     X, y = _check_data(model, X, y)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     iterations = _positive_int("iterations", iterations, minimum=0)
     threads = check_threads(threads)
     checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
-    N = X.shape[0]
     if batch_size is not None:
         batch_size = _positive_int("batch_size", batch_size)
+    X, y = strategy.prepare(model, X, y, batch_size=batch_size, checkpoint=checkpoint)
+    progress = progress and strategy.is_main
+    N = X.shape[0]
+    if batch_size is not None:
         if batch_size > N:
             raise ValueError(f"batch_size {batch_size} exceeds the number of data N = {N}.")
         if batch_size == N:
@@ -250,6 +246,7 @@ def fit(
         q_opt = torch.optim.Adam(list(model.variational_parameters()), lr=check_lr("lr", adam_lr))
         loss_check = False
     h_opt = _hyper_optimizer(model, hyper_optimizer, hyper_lr)
+    grad_params = [p for p in model.parameters() if p.requires_grad]
     batches = _Batches(N, batch_size, seed, X.device)
     history, start, elapsed = History(), 0, 0.0
 
@@ -289,21 +286,24 @@ def fit(
             Xb, yb = (X, y) if idx is None else (X[idx], y[idx])
             num_data = None if idx is None else N
             model.zero_grad(set_to_none=True)
-            loss = -model.elbo(Xb, yb, num_data=num_data)
-            loss_value = float(loss.detach())
+            loss = -strategy.objective(model, Xb, yb, num_data)
+            loss.backward()
+            loss = strategy.reduce(loss.detach(), grad_params)
+            loss_value = float(loss)
             if not math.isfinite(loss_value):
                 raise ValueError(
                     f"the ELBO is {-loss_value} at iteration {it}: q is valid, so the "
                     "hyperparameters or the data are to blame; lower hyper_lr, check X and y, "
                     "or fix the diverging hyperparameters (requires_grad=False)."
                 )
-            loss.backward()
             if method == "natgrad":
-                q_opt.step(_checking_closure(model, Xb, yb, num_data, loss) if loss_check else None)
+                q_opt.step(_checking_closure(strategy, model, Xb, yb, num_data, loss)
+                           if loss_check else None)
                 records, step_lr = q_opt.last_records, None
                 if recompute_grad and h_opt is not None:
                     model.zero_grad(set_to_none=True)
-                    (-model.elbo(Xb, yb, num_data=num_data)).backward()
+                    (-strategy.objective(model, Xb, yb, num_data)).backward()
+                    strategy.reduce(loss, grad_params)
             else:
                 q_opt.step()
                 records, step_lr = (), float(q_opt.param_groups[0]["lr"])
@@ -323,7 +323,7 @@ def fit(
                 bar.set_postfix(history.postfix())
             if path is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
                 save(it + 1)
-            if stop_when is not None and stop_when(history):
+            if stop_when is not None and strategy.agree(stop_when(history)):
                 stopped = it + 1 < iterations
                 if path is not None:
                     save(it + 1)
@@ -331,10 +331,37 @@ def fit(
     finally:
         bar.close()
         restore_threads()
+    strategy.finish(model)
     return FitResult(model, history, q_opt, h_opt, stopped_early=stopped)
 
 
-def _checking_closure(model: nn.Module, X: Tensor, y: Tensor, num_data: int | None, loss: Tensor):
+def _resolve_strategy(strategy: Strategy | None, distributed: bool | None) -> Strategy:
+    if distributed is not None:
+        warnings.warn(
+            "fit(distributed=...) is deprecated; pass strategy=natvi.distributed.DataParallel() "
+            "(or nothing, for one process). It will be removed in the next release.",
+            DeprecationWarning, stacklevel=3,
+        )
+        if strategy is not None:
+            raise ValueError("pass strategy= or the deprecated distributed=, not both.")
+        if distributed:
+            from natvi.distributed import DataParallel
+
+            return DataParallel()
+        return Local()
+    if strategy is None:
+        return current()
+    if not isinstance(strategy, Strategy):
+        raise ValueError(
+            "strategy must be a natvi.strategy.Strategy (natvi.strategy.Local() or "
+            f"natvi.distributed.DataParallel()), got {type(strategy).__name__}."
+        )
+    return strategy
+
+
+def _checking_closure(
+    strategy: Strategy, model: nn.Module, X: Tensor, y: Tensor, num_data: int | None, loss: Tensor
+):
     """A closure for NaturalGradient's loss check: the first call returns the loss whose
     gradients are already in ``.grad``; later calls evaluate the loss only (no backward)."""
     calls = 0
@@ -345,6 +372,6 @@ def _checking_closure(model: nn.Module, X: Tensor, y: Tensor, num_data: int | No
         if calls == 1:
             return loss.detach()
         with torch.no_grad():
-            return -model.elbo(X, y, num_data=num_data)
+            return strategy.reduce(-strategy.objective(model, X, y, num_data))
 
     return closure

@@ -27,7 +27,7 @@ import torch.multiprocessing as mp
 
 import natvi
 from natvi.cli import main as natvi_main
-from natvi.distributed import DataParallelELBO
+from natvi.distributed import DataParallel
 from natvi.fit import _Batches
 from natvi.gp import SVGP
 from natvi.likelihoods import Bernoulli
@@ -124,7 +124,8 @@ def _scenarios(rank: int) -> dict:
     out["full_meanchol"] = {"elbo": res.history.elbo, "state": _state(model)}
 
     model = _model()
-    res = natvi.distributed.fit(model, X_r, y_r, batch_size=BATCH, seed=7, **_fit_kwargs())
+    res = natvi.fit(model, X_r, y_r, strategy=DataParallel(), batch_size=BATCH, seed=7,
+                    **_fit_kwargs())
     out["minibatch"] = {"elbo": res.history.elbo, "state": _state(model)}
 
     bad_X = torch.cat([X_r, X_r[:, :1]], dim=1) if rank == 1 else X_r
@@ -144,14 +145,12 @@ def _scenarios(rank: int) -> dict:
     out["err_start"] = _catch(differing_model)
 
     def diverging_replica():
-        model = _model()
-        wrapped = DataParallelELBO(model, check_every=2)
-        for _ in range(3):
-            model.zero_grad()
-            (-wrapped.elbo(X_r, y_r)).backward()
-            if rank == 1:  # an update on one rank only: the replicas drift apart
-                with torch.no_grad():
-                    model.q.xi()[0].add_(1e-9 * model.q.xi()[0].grad.sign())
+        def drift(model, history):  # an update on one rank only: the replicas drift apart
+            if rank == 1:
+                model.q.xi()[0].add_(1e-9)
+
+        natvi.fit(_model(), X_r, y_r, strategy=DataParallel(), iterations=3, progress=False,
+                  callback=drift)
 
     out["err_diverge"] = _catch(diverging_replica)
     return out

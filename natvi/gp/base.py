@@ -61,9 +61,12 @@ class VariationalGP(nn.Module):
         jitter: added to the diagonal of prior covariances before a Cholesky; ``None`` means
             :func:`~natvi.gp.conditionals.default_jitter` of the dtype (1e-6 in float64, 1e-4 in
             float32).
+        needs_full_batch: ``False``; ``True`` for a model whose q holds one variable per
+            training datum (VGP), which cannot be trained on shards of the data.
     """
 
     q: GaussianVariational
+    needs_full_batch: bool = False
 
     def __init__(
         self,

@@ -41,6 +41,8 @@ class VGP(VariationalGP):
         >>> elbo = model.elbo(X, y)
     """
 
+    needs_full_batch = True
+
     def __init__(
         self,
         X: Tensor,
