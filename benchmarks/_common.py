@@ -8,7 +8,6 @@ Each benchmark writes into ``<out>/<name>/``: ``<table>.csv``, ``<plot>.png`` an
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import statistics
@@ -17,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from natvi._io import atomic_savefig, atomic_write_csv, atomic_write_text
 
 
 def parser(name: str, description: str, threads: bool = False) -> argparse.ArgumentParser:
@@ -77,10 +78,13 @@ def median(xs: Sequence[float]) -> float:
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        w.writeheader()
-        w.writerows(rows)
+    """``rows`` as a CSV table, written atomically (a failure leaves the old file intact)."""
+    atomic_write_csv(path, rows)
+
+
+def save_figure(fig, path: Path, **savefig_kw) -> None:
+    """``fig.savefig(path, ...)`` written atomically (a failure leaves the old file intact)."""
+    atomic_savefig(fig, path, **savefig_kw)
 
 
 def markdown_table(rows: Sequence[dict], floatfmt: str = ".4g") -> str:
@@ -107,4 +111,4 @@ def write_report(
         parts += [notes, ""]
     parts += ["## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()] + [""]
     parts += ["## Machine", ""] + [f"- {k}: {v}" for k, v in machine().items()] + [""]
-    path.write_text("\n".join(parts))
+    atomic_write_text(path, "\n".join(parts))

@@ -205,7 +205,7 @@ def plot(rows: list[dict], pooled: list[dict], path) -> None:
     ax2.set_title(f"reliability, {len(pooled)} test splits pooled")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _common.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -216,7 +216,7 @@ def _plot(path, cost_rows, curves, sigmas, models):
             a.set(title=f"(b) s={s}, σ={sigma}", xlabel="samples seen", ylabel="conditional KL")
             a.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -98,7 +98,7 @@ def _plot(rows: list[dict], path) -> None:
     ax.set_title(f"N = {rows[0]['N']}, float64")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    C.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

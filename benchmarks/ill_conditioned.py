@@ -144,7 +144,7 @@ def plot(rows: list[dict], cap: int, path) -> None:
         ax.set_xlabel("condition number of the posterior precision")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -200,7 +200,7 @@ def plot(out, t_rows, c_rows) -> None:
     )
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(out / "ou_error.png", dpi=120)
+    common.save_figure(fig, out / "ou_error.png", dpi=120)
     plt.close(fig)
 
 

@@ -215,7 +215,7 @@ def plot(rows: list[dict], predicted: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _common.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -207,7 +207,7 @@ def plot(rows: list[dict], gammas: list[float], path) -> None:
         ax.set_title(f"failure fraction, {dt} (over likelihoods × whitening)")
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

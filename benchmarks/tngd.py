@@ -165,7 +165,7 @@ def _plot(curves, path) -> None:
         row[2].set(title=f"{m}: test accuracy", xlabel="iteration")
         row[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _common.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -9,13 +9,13 @@ iteration budget and stopping rule); only the optimiser of q(u) differs. Writes
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import train_test_split
 
+from natvi._io import atomic_savefig, atomic_write_csv
 from natvi.estimators import make_estimator
 
 __all__ = ["bundled_breast_cancer", "run_comparison", "METHODS"]
@@ -109,10 +109,7 @@ def _print_table(rows: list[dict], n_train: int, n_test: int) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_csv(path, rows)
 
 
 def _plot(path: Path, histories: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
@@ -133,5 +130,5 @@ def _plot(path: Path, histories: dict[str, tuple[np.ndarray, np.ndarray]], title
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)

@@ -9,7 +9,9 @@ Sub-commands::
 
 Each sub-command lives in a function ``_cmd_<name>(args) -> int``; bad user input raises
 :class:`CLIError` (or :class:`natvi._data.DataError`), which :func:`main` prints as one line on
-stderr with exit status 2, before anything is written.
+stderr with exit status 2, before anything is written (output paths are checked before any work).
+Every file is written atomically (:mod:`natvi._io`); a write that fails (a full disk) is one line
+naming the file and the cause, exit status 1, and the previous file is left intact.
 
 ``natvi fit``, ``natvi compare`` and ``natvi demo`` may be launched by ``torchrun`` (detected by
 its ``RANK`` / ``WORLD_SIZE`` environment variables): every process reads the data, trains on
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import natvi
 from natvi._data import LIKELIHOODS, DataError
+from natvi._io import WriteError, atomic_write_text, check_output_dir, check_output_file
 
 __all__ = ["main", "CLIError", "build_parser"]
 
@@ -65,18 +68,19 @@ def _fraction(text: str) -> float:
 
 
 def _writable_file(path: Path, what: str) -> Path:
-    """Check (without writing) that ``path`` can be created as a file."""
-    if path.is_dir():
-        raise CLIError(f"{what} {path} is a directory; give a file name.")
-    if not path.parent.exists():
-        raise CLIError(f"{what} {path}: directory {path.parent} does not exist; create it first.")
-    return path
+    """Check (without writing, before any work) that ``path`` can be written as a file."""
+    try:
+        return check_output_file(path, what)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def _writable_dir(path: Path, what: str) -> Path:
-    if path.exists() and not path.is_dir():
-        raise CLIError(f"{what} {path} exists and is not a directory; choose another --out.")
-    return path
+    """Check (without writing, before any work) that ``path`` is or can become a folder."""
+    try:
+        return check_output_dir(path, what)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -150,16 +154,35 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIError(str(err)) from None
     table = read_csv(args.data)
-    X = table.features(list(est.feature_names_))
+    X = table.features(_feature_names(est, table, args.model))
     header, rows = est.prediction_table(X)
     lines = [",".join(header)] + [",".join(r) for r in rows]
     text = "\n".join(lines) + "\n"
     if out is None:
         sys.stdout.write(text)
     else:
-        out.write_text(text)
+        atomic_write_text(out, text)
         print(f"{len(rows)} predictions written to {out}")
     return 0
+
+
+def _feature_names(est, table, model_path: Path) -> list[str]:
+    """The CSV columns to predict from: those the model was trained on, by name; a model saved
+    from Python without names takes every column of the CSV, in order, if the count matches."""
+    names = list(getattr(est, "feature_names_", []))
+    if names:
+        return names
+    columns = list(table.columns)
+    if len(columns) != est.n_features_in_:
+        raise CLIError(
+            f"{model_path} was saved without feature names (fitted on an array of "
+            f"{est.n_features_in_} features), but {table.path} has {len(columns)} columns; give a "
+            f"CSV with exactly the {est.n_features_in_} feature columns in training order, or set "
+            "estimator.feature_names_ to the column names before estimator.save()."
+        )
+    print(f"note: {model_path} has no feature names; using the {len(columns)} columns of "
+          f"{table.path} in order.", file=sys.stderr)
+    return columns
 
 
 def _add_common_fit_args(p: argparse.ArgumentParser, inducing: int) -> None:
@@ -281,10 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0  # e.g. 'natvi predict': one process does the job
         with _torchrun(args):
             return int(args.func(args))
-    except (CLIError, DataError) as err:
+    except (CLIError, DataError, WriteError) as err:
         cmd = f" {args.command}" if args is not None and args.command else ""
         print(f"natvi{cmd}: error: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, WriteError) else 2
 
 
 if __name__ == "__main__":

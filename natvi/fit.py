@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from natvi._history import FitResult, History
+from natvi._io import atomic_torch_save, check_output_file, load_torch_file
 from natvi._threads import check_threads, limit_threads
 from natvi._validation import check_finite
 from natvi.model import check_model
@@ -129,10 +130,31 @@ def _hyper_optimizer(model: nn.Module, hyper_optimizer: Any, hyper_lr: float):
     )
 
 
-def _save(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+_CHECKPOINT_KEYS = ("iteration", "elapsed", "model", "q_optimizer", "hyper_optimizer", "batches",
+                    "rng", "history")
+_RESUME_ADVICE = "delete the file (or pass resume=False) to start afresh."
+
+
+def _load_checkpoint(path: Path, method: str) -> dict:
+    """The checkpoint at ``path``, checked: ``ValueError`` naming the file if it is corrupt,
+    truncated, foreign, incomplete or written by another method."""
+    state = load_torch_file(path, "natvi checkpoint", _RESUME_ADVICE)
+    if state.get("version") != _CHECKPOINT_VERSION or "method" not in state:
+        raise ValueError(
+            f"{path}: not a natvi checkpoint (version {state.get('version')!r}, expected "
+            f"{_CHECKPOINT_VERSION}); {_RESUME_ADVICE}"
+        )
+    if state["method"] != method:
+        raise ValueError(
+            f"checkpoint {path} was written by method={state.get('method')!r}; resume with "
+            "the same method, or delete the file to start afresh."
+        )
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(
+            f"{path}: the checkpoint is incomplete (no {', '.join(missing)}); {_RESUME_ADVICE}"
+        )
+    return state
 
 
 def fit(
@@ -229,6 +251,8 @@ def fit(
             batch_size = None
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path> to resume from.")
+    if checkpoint is not None:
+        check_output_file(checkpoint, "checkpoint")
 
     if method == "natgrad":
         q_opt = NaturalGradient.for_model(model, lr=1.0 if lr is None else lr, safeguard=safeguard)
@@ -252,29 +276,34 @@ def fit(
 
     path = Path(checkpoint) if checkpoint is not None else None
     if resume and path is not None and path.exists():
-        state = torch.load(path, weights_only=True)
-        if state.get("method") != method or state.get("version") != _CHECKPOINT_VERSION:
+        state = _load_checkpoint(path, method)
+        backup = {k: v.clone() for k, v in model.state_dict().items()}
+        try:
+            model.load_state_dict(state["model"])
+            q_opt.load_state_dict(state["q_optimizer"])
+            if h_opt is not None:
+                h_opt.load_state_dict(state["hyper_optimizer"])
+            batches.load(state["batches"])
+            torch.set_rng_state(state["rng"])
+            history = History(**state["history"])
+            start, elapsed = int(state["iteration"]), float(state["elapsed"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+            model.load_state_dict(backup)
             raise ValueError(
-                f"checkpoint {path} was written by method={state.get('method')!r}; resume with "
-                "the same method, or delete the file to start afresh."
-            )
-        model.load_state_dict(state["model"])
-        q_opt.load_state_dict(state["q_optimizer"])
-        if h_opt is not None:
-            h_opt.load_state_dict(state["hyper_optimizer"])
-        batches.load(state["batches"])
-        torch.set_rng_state(state["rng"])
-        history = History(**state["history"])
-        start, elapsed = int(state["iteration"]), float(state["elapsed"])
+                f"{path}: the checkpoint does not match this model and optimiser "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                "resume with the same model and settings, or "
+                f"{_RESUME_ADVICE}"
+            ) from None
 
     def save(iteration: int) -> None:
-        _save(path, {
+        atomic_torch_save({
             "version": _CHECKPOINT_VERSION, "method": method, "iteration": iteration,
             "elapsed": elapsed, "model": model.state_dict(), "q_optimizer": q_opt.state_dict(),
             "hyper_optimizer": None if h_opt is None else h_opt.state_dict(),
             "batches": batches.state(), "rng": torch.get_rng_state(),
             "history": history.as_dict(),
-        })
+        }, path)
 
     stopped = False
     bar = tqdm(total=iterations, initial=start, disable=not progress, desc=f"fit ({method})")

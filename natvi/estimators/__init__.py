@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from natvi._io import load_torch_file
 from natvi.estimators._base import FORMAT, SparseGPBase, kmeans_inducing_points
 from natvi.estimators.classifier import SparseGPClassifier
 from natvi.estimators.regressors import SparseGPCountRegressor, SparseGPRegressor
@@ -29,6 +28,7 @@ __all__ = [
     "load",
 ]
 
+_ADVICE = "create one with 'natvi fit' or estimator.save(path)."
 _CLASSES = {c.__name__: c for c in (SparseGPClassifier, SparseGPRegressor, SparseGPCountRegressor)}
 
 
@@ -50,22 +50,37 @@ def make_estimator(likelihood: str, **params: Any) -> SparseGPBase:
 def load(path: str | Path) -> SparseGPBase:
     """Load an estimator saved with ``estimator.save(path)`` (``weights_only`` loading).
 
-    Raises ``ValueError`` if the file is not a natvi estimator file.
+    Raises ``ValueError`` naming the file and what is wrong with it if it is missing, empty,
+    truncated, corrupt, of another kind, or an incomplete natvi model file.
     """
-    try:
-        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+    path = Path(path)
+    blob = load_torch_file(path, "natvi model file", _ADVICE)
+    if blob.get("format") != FORMAT:
         raise ValueError(
-            f"{path}: not a natvi model file ({type(err).__name__}); create one with "
-            "'natvi fit' or estimator.save(path)."
-        ) from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get(
-        "estimator"
-    ) not in _CLASSES:
-        raise ValueError(
-            f"{path}: not a natvi model file (format {FORMAT!r} expected); create one with "
-            "'natvi fit' or estimator.save(path)."
+            f"{path}: not a natvi model file (format {blob.get('format')!r}, expected "
+            f"{FORMAT!r}); {_ADVICE}"
         )
-    est = _CLASSES[blob["estimator"]](**blob["params"])
-    est._restore(blob["fitted"], blob["state_dict"])
+    name = blob.get("estimator")
+    if name not in _CLASSES:
+        raise ValueError(
+            f"{path}: unknown estimator {name!r} (known: {', '.join(_CLASSES)}); {_ADVICE}"
+        )
+    missing = [k for k in ("params", "fitted", "state_dict") if not isinstance(blob.get(k), dict)]
+    if missing:
+        raise ValueError(
+            f"{path}: the model file is incomplete (no {', '.join(missing)}); {_ADVICE}"
+        )
+    try:
+        est = _CLASSES[name](**blob["params"])
+        est._restore(blob["fitted"], blob["state_dict"])
+    except KeyError as err:
+        raise ValueError(
+            f"{path}: the model file is incomplete (its fitted state lacks {err.args[0]!r}); "
+            f"{_ADVICE}"
+        ) from None
+    except (TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise ValueError(
+            f"{path}: the model file is damaged: its contents do not make a {name} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); {_ADVICE}"
+        ) from None
     return est

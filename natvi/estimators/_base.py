@@ -14,6 +14,8 @@ from sklearn.base import BaseEstimator
 from sklearn.cluster import KMeans
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from natvi._io import atomic_torch_save
+
 __all__ = ["SparseGPBase", "kmeans_inducing_points", "FORMAT"]
 
 FORMAT = "natvi.estimator/1"
@@ -175,7 +177,9 @@ class SparseGPBase(BaseEstimator):
         """Save the fitted estimator as a state dict plus plain metadata.
 
         The file loads with ``torch.load(path, weights_only=True)`` (no pickled objects); use
-        :func:`natvi.estimators.load` to get the estimator back.
+        :func:`natvi.estimators.load` to get the estimator back. The file is written atomically:
+        if writing fails (e.g. a full disk), a previous file at ``path`` is left intact and
+        :class:`natvi._io.WriteError` (an ``OSError``) names the file and the cause.
         """
         check_is_fitted(self, "model_")
         params = self.get_params()
@@ -185,7 +189,7 @@ class SparseGPBase(BaseEstimator):
                     f"cannot save: parameter {name}={value!r} is not a plain number or string; "
                     "pass an integer random_state."
                 )
-        torch.save(
+        atomic_torch_save(
             {
                 "format": FORMAT,
                 "estimator": type(self).__name__,
