@@ -228,7 +228,11 @@ class _NaturalMoments(torch.autograd.Function):
         theta1, theta2 = inputs
         m, S, _ = output
         ctx.save_for_backward(theta1, theta2, m, S)
-        ctx.refs = (weakref.ref(theta1), weakref.ref(theta2), theta1._version, theta2._version)
+        try:
+            ctx.refs = (weakref.ref(theta1), weakref.ref(theta2), theta1._version,
+                        theta2._version)
+        except (RuntimeError, TypeError):  # e.g. functorch-wrapped tensors: nothing to record
+            ctx.refs = None
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -253,7 +257,9 @@ class _NaturalMoments(torch.autograd.Function):
         return grad1, grad2
 
 
-def _remember(refs: tuple, *grads: Tensor) -> None:
+def _remember(refs: tuple | None, *grads: Tensor) -> None:
+    if refs is None:
+        return
     for key in [k for k, rec in _RECORDED.items() if rec[0]() is None or rec[1]() is None]:
         del _RECORDED[key]
     theta1 = refs[0]()
@@ -299,6 +305,12 @@ class Natural(Parameterization):
         if type(self).to_natural is not Natural.to_natural:
             return super().to_moments(theta1, theta2)
         return _NaturalMoments.apply(theta1, theta2)
+
+    def to_meancov(self, theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor]:
+        if type(self).to_natural is not Natural.to_natural:
+            return super().to_meancov(theta1, theta2)
+        m, S, _ = _NaturalMoments.apply(theta1, theta2)
+        return m, S
 
     def to_natural(self, theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor]:
         return theta1, symmetrize(theta2)
