@@ -7,7 +7,7 @@ from natvi.optim.mirror import MirrorDescent
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.optim.ngd import NGD
 from natvi.optim.safeguards import Backoff, Riemannian, SafeguardWarning, Strict
-from natvi.optim.schedules import Constant, LogLinearWarmup
+from natvi.optim.schedules import Constant, Decay, LogLinearWarmup
 
 __all__: list[str] = [
     "NaturalGradient",
@@ -16,6 +16,7 @@ __all__: list[str] = [
     "safeguards",
     "Constant",
     "LogLinearWarmup",
+    "Decay",
     "Backoff",
     "Riemannian",
     "Strict",

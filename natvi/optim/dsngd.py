@@ -42,6 +42,7 @@ from torch import Tensor
 
 from natvi.expfam.naive_bayes import NaiveBayes
 from natvi.linalg import Cholesky
+from natvi.optim.schedules import Decay, evaluate
 
 __all__ = ["DSNGD", "SNGD", "mlr_logits"]
 
@@ -53,7 +54,7 @@ def mlr_logits(beta: Tensor, W: Tensor, phi: Tensor) -> Tensor:
 
 
 class _MLROptimizer(torch.optim.Optimizer):
-    """Shared plumbing: one param group ``[β, W]``, the step size ``a / (1 + b t)``."""
+    """Shared plumbing: one param group ``[β, W]``, the step size ``Decay(a, b)`` = ``a / (1 + b t)``."""
 
     def __init__(self, params, n_classes, cardinalities, lr, decay, extra) -> None:
         self.family = NaiveBayes(n_classes, cardinalities)
@@ -95,7 +96,7 @@ class _MLROptimizer(torch.optim.Optimizer):
         if beta.grad is None or W.grad is None:
             return loss
         t = self._state.get("step", 0)
-        lr = group["lr"] / (1.0 + group["decay"] * t)
+        lr = evaluate(Decay(group["lr"], group["decay"]), t)
         d_beta, d_W = self._direction(beta.grad, W.grad)
         beta.sub_(lr * d_beta)
         W.sub_(lr * d_W)

@@ -7,6 +7,7 @@ returning the step size ``γ_t`` (a positive float). Built-ins:
 - :class:`LogLinearWarmup` — the warm-up of Salimbeni, Eleftheriadis & Hensman (2018),
   ``γ_t = γ0 (γ1/γ0)^{min(t/K, 1)}``: γ rises geometrically from ``γ0`` to ``γ1`` over ``K``
   steps, then stays at ``γ1``.
+- :class:`Decay` — ``γ_t = a / (1 + b t)``, the decay of DSNGD and SNGD.
 
 Any plain function works too (``lambda t: 1.0 / (1 + t)``); :func:`as_schedule` turns a float
 or a callable into a schedule and is what the optimisers call.
@@ -22,7 +23,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-__all__ = ["Schedule", "Constant", "LogLinearWarmup", "as_schedule", "evaluate", "check_lr"]
+__all__ = [
+    "Schedule", "Constant", "LogLinearWarmup", "Decay", "as_schedule", "evaluate", "check_lr"
+]
 
 
 def check_lr(name: str, value: float) -> float:
@@ -82,6 +85,28 @@ class LogLinearWarmup(Schedule):
 
     def __repr__(self) -> str:
         return f"LogLinearWarmup(gamma0={self.gamma0}, gamma1={self.gamma1}, K={self.K})"
+
+
+class Decay(Schedule):
+    """``γ_t = a / (1 + b t)``: a step size that decays like ``1/t`` (Robbins–Monro), the
+    schedule of DSNGD and SNGD (Sánchez-López & Cerquides); ``b = 0`` is constant.
+
+    Args:
+        a: first step size, > 0.
+        b: decay rate, ≥ 0.
+    """
+
+    def __init__(self, a: float = 1.0, b: float = 0.0) -> None:
+        self.a = check_lr("a", a)
+        if isinstance(b, bool) or not isinstance(b, int | float) or not 0 <= b < math.inf:
+            raise ValueError(f"b (the decay rate of a/(1 + b t)) must be a number ≥ 0, got {b!r}.")
+        self.b = float(b)
+
+    def __call__(self, step: int) -> float:
+        return self.a / (1.0 + self.b * max(step, 0))
+
+    def __repr__(self) -> str:
+        return f"Decay(a={self.a}, b={self.b})"
 
 
 def as_schedule(lr: float | Callable[[int], float]) -> Callable[[int], float]:

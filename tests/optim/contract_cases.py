@@ -37,26 +37,34 @@ def _mirror_case() -> OptimCase:
     return OptimCase(opt, closure, theta)
 
 
-def _dsngd_case() -> OptimCase:
-    from natvi.optim.dsngd import DSNGD
+def _mlr_case(name: str) -> Callable[[], OptimCase]:
+    """DSNGD (data observed after the step) or SNGD (its Fisher needs the batch first) on a
+    fixed batch of a 3-class MLR."""
 
-    gen = torch.Generator().manual_seed(0)
-    x = torch.stack([torch.randint(0, r, (30,), generator=gen) for r in (3, 2)], -1)
-    y = (x[:, 0] + x[:, 1]) % 3
-    beta = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
-    W = torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))
-    opt = DSNGD([beta, W], n_classes=3, cardinalities=(3, 2), lr=0.5, decay=0.5)
-    opt.observe(x, y)
-    phi = opt.family.one_hot(x)
+    def factory() -> OptimCase:
+        from natvi.optim import dsngd
 
-    def closure() -> Tensor:
-        opt.zero_grad()
-        logits = torch.cat([phi @ W.T + beta, torch.zeros(30, 1, dtype=torch.float64)], -1)
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        loss.backward()
-        return loss
+        gen = torch.Generator().manual_seed(0)
+        x = torch.stack([torch.randint(0, r, (30,), generator=gen) for r in (3, 2)], -1)
+        y = (x[:, 0] + x[:, 1]) % 3
+        beta = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+        W = torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))
+        extra = {"damping": 1e-2} if name == "SNGD" else {}
+        opt = getattr(dsngd, name)([beta, W], n_classes=3, cardinalities=(3, 2), lr=0.5,
+                                   decay=0.5, **extra)
+        opt.observe(x, y)
+        phi = opt.family.one_hot(x)
 
-    return OptimCase(opt, closure, [beta, W])
+        def closure() -> Tensor:
+            opt.zero_grad()
+            logits = torch.cat([phi @ W.T + beta, torch.zeros(30, 1, dtype=torch.float64)], -1)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            return loss
+
+        return OptimCase(opt, closure, [beta, W])
+
+    return factory
 
 
 @dataclass
@@ -93,5 +101,6 @@ CASES: list[tuple[str, Callable[[], OptimCase]]] = [
         _natural_gradient_case(MeanCholesky(), LogLinearWarmup(1e-2, 1.0, K=3)),
     ),
     ("MirrorDescent-Gamma", _mirror_case),
-    ("DSNGD-MLR", _dsngd_case),
+    ("DSNGD-MLR", _mlr_case("DSNGD")),
+    ("SNGD-MLR", _mlr_case("SNGD")),
 ]

@@ -57,3 +57,15 @@ def test_optimizer_evaluates_the_schedule_at_its_own_step_count():
         opt.step()
         assert [r.lr for r in opt.last_records] == [pytest.approx(0.1 * len(seen))]
     assert seen == [0, 1, 2, 3]
+
+
+def test_decay_is_a_over_one_plus_b_t_and_validates():
+    from natvi.optim import Decay
+
+    s = Decay(0.5, 2.0)
+    assert [s(t) for t in range(3)] == [0.5, 0.5 / 3, 0.5 / 5]
+    assert Decay(0.3)(100) == 0.3
+    with pytest.raises(ValueError, match="decay rate"):
+        Decay(1.0, -1.0)
+    with pytest.raises(ValueError, match="a must be"):
+        Decay(0.0)
