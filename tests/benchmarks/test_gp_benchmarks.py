@@ -17,7 +17,9 @@ EXPECTED = {
         "sweep.csv": {"series", "method", "iters_to_target", "condition_number", "optimum_elbo"},
     },
     "step_cost": {
-        "step_cost.csv": {"M", "N", "natvi-ngd_ms", "gpytorch-ngd_ms", "natvi-ngd / gpytorch-ngd"},
+        "step_cost.csv": {"likelihood", "whiten", "dtype", "M", "N", "natvi_ms", "interop_ms",
+                          "gpytorch_ms", "gpflow_ms", "natvi / fastest peer",
+                          "interop / gpytorch"},
     },
     "stability": {
         "runs.csv": {
