@@ -114,15 +114,19 @@ class _Marginals(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_mean: Tensor, g_var: Tensor) -> tuple[Tensor, ...]:
         L, A, m, D = ctx.saved_tensors
+        need_L, need_K, need_m, need_D = ctx.needs_input_grad
         AG = A * g_var.unsqueeze(-2)
-        m_bar = (A @ g_mean.unsqueeze(-1)).squeeze(-1)
-        D_bar = AG @ A.mT
-        # K̄ = L⁻ᵀ Ā = (L⁻ᵀ m̃) ḡ_meanᵀ + 2 (L⁻ᵀ D) A G: a GEMM instead of an N-column solve
-        Lt_m = torch.linalg.solve_triangular(L.mT, m.unsqueeze(-1), upper=True)
-        Lt_D = torch.linalg.solve_triangular(L.mT, D, upper=True)
-        K_bar = Lt_m * g_mean.unsqueeze(-2) + 2.0 * Lt_D @ AG
-        inner = m.unsqueeze(-1) * m_bar.unsqueeze(-2) + 2.0 * D @ D_bar
-        L_bar = -torch.linalg.solve_triangular(L.mT, inner, upper=True).tril()
+        m_bar = (A @ g_mean.unsqueeze(-1)).squeeze(-1) if need_L or need_m else None
+        D_bar = AG @ A.mT if need_L or need_D else None
+        K_bar = L_bar = None
+        if need_K:  # fixed hyperparameters and Z: skipped (an O(N M²) product)
+            # K̄ = L⁻ᵀ Ā = (L⁻ᵀ m̃) ḡ_meanᵀ + 2 (L⁻ᵀ D) A G: a GEMM instead of an N-column solve
+            Lt_m = torch.linalg.solve_triangular(L.mT, m.unsqueeze(-1), upper=True)
+            Lt_D = torch.linalg.solve_triangular(L.mT, D, upper=True)
+            K_bar = Lt_m * g_mean.unsqueeze(-2) + 2.0 * Lt_D @ AG
+        if need_L:
+            inner = m.unsqueeze(-1) * m_bar.unsqueeze(-2) + 2.0 * D @ D_bar
+            L_bar = -torch.linalg.solve_triangular(L.mT, inner, upper=True).tril()
         return L_bar, K_bar, m_bar, D_bar
 
 

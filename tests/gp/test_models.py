@@ -200,3 +200,27 @@ def test_hand_written_reverse_mode_of_the_marginals_passes_gradcheck():
         return _Marginals.apply(L.tril(), K, m, 0.5 * (D + D.mT))
 
     assert torch.autograd.gradcheck(fn, (L, K, m, D))
+
+
+def test_marginals_reverse_mode_with_fixed_kernel_blocks_gives_the_same_q_gradients():
+    """Fixed hyperparameters and Z (L, K without grad): the skipped products change nothing."""
+    from natvi.gp.conditionals import _Marginals
+
+    g = torch.Generator().manual_seed(1)
+    M, N = 5, 9
+    B = torch.randn(M, M, generator=g, dtype=DT)
+    L = torch.linalg.cholesky(B @ B.mT + M * torch.eye(M, dtype=DT))
+    K = torch.randn(M, N, generator=g, dtype=DT)
+    m = torch.randn(M, generator=g, dtype=DT)
+    C = torch.randn(M, M, generator=g, dtype=DT)
+    D = C + C.mT
+    w = torch.randn(2, N, generator=g, dtype=DT)
+
+    def q_grads(requires_kernel_grad):
+        Lr, Kr = (t.clone().requires_grad_(requires_kernel_grad) for t in (L, K))
+        mr, Dr = m.clone().requires_grad_(), D.clone().requires_grad_()
+        mean, var = _Marginals.apply(Lr, Kr, mr, Dr)
+        return torch.autograd.grad((w[0] * mean + w[1] * var).sum(), (mr, Dr))
+
+    for a, b in zip(q_grads(False), q_grads(True)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
