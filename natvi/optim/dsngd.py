@@ -42,7 +42,7 @@ from torch import Tensor
 
 from natvi.expfam.naive_bayes import NaiveBayes
 from natvi.linalg import Cholesky
-from natvi.optim.schedules import Decay, evaluate
+from natvi.optim.schedules import Decay, check_lr, evaluate
 
 __all__ = ["DSNGD", "SNGD", "mlr_logits"]
 
@@ -58,8 +58,7 @@ class _MLROptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, n_classes, cardinalities, lr, decay, extra) -> None:
         self.family = NaiveBayes(n_classes, cardinalities)
-        if not (isinstance(lr, int | float) and lr > 0):
-            raise ValueError(f"lr (the a of a/(1 + b t)) must be a number > 0, got {lr!r}.")
+        lr = check_lr("lr (the a of a/(1 + b t))", lr)
         if not (isinstance(decay, int | float) and decay >= 0):
             raise ValueError(f"decay (the b of a/(1 + b t)) must be a number ≥ 0, got {decay!r}.")
         super().__init__(params, dict(lr=float(lr), decay=float(decay), **extra))

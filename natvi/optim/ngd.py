@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 
 from natvi.fisher import LOSSES, Curvature, flat_params
 from natvi.linalg import CG, OU, Cholesky, LinearOperator, Woodbury
+from natvi.optim.schedules import check_real
 
 __all__ = ["NGD"]
 
@@ -111,7 +112,7 @@ class NGD(Optimizer):
             )
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
-        _positive("lr", lr)
+        _positive("lr", check_real("lr", lr))
         _positive("damping", damping)
         solver = CG(tol=1e-6, max_iter=100) if solver is None else solver
         if not callable(getattr(solver, "solve", None)):
@@ -152,7 +153,7 @@ class NGD(Optimizer):
         self.adam = adam
         self.records: list[dict] = []
         _, params = flat_params(model)
-        defaults = {"lr": float(lr), "damping": float(damping), "betas": tuple(betas), "eps": eps}
+        defaults = {"lr": check_real("lr", lr), "damping": float(damping), "betas": tuple(betas), "eps": eps}
         super().__init__([{"params": params}], defaults)
 
     @property

@@ -21,19 +21,46 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
+import numpy as np
+import torch
+
 __all__ = [
-    "Schedule", "Constant", "LogLinearWarmup", "Decay", "as_schedule", "evaluate", "check_lr"
+    "Schedule",
+    "Constant",
+    "LogLinearWarmup",
+    "Decay",
+    "as_schedule",
+    "evaluate",
+    "check_lr",
+    "check_real",
 ]
 
 
-def check_lr(name: str, value: float) -> float:
-    """Return ``value`` as a float, or raise ``ValueError`` unless it is finite and > 0."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}.") from None
+def check_real(name: str, value: object) -> float:
+    """``value`` as a float if it is a real number (``int``, ``float``, a numpy scalar) or a
+    one-element real tensor; anything else — a string such as ``"1.0"``, a bool, a complex
+    number, a tensor of several elements — raises ``ValueError``. The type check of every step
+    size (:func:`check_lr`)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{name} must be a real number > 0 (a float or a one-element tensor), got {value!r} "
+            f"of type {type(value).__name__}; pass e.g. {name}=1.0."
+        )
+    return float(value)
+
+
+def check_lr(name: str, value: object) -> float:
+    """``value`` as a float, checked to be a real number (:func:`check_real`), finite and > 0.
+
+    Every optimiser checks its step sizes with this function (through :func:`as_schedule`), and
+    so does :func:`evaluate` for the values a schedule returns.
+    """
+    value = check_real(name, value)
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}; pass e.g. {name}=1.0.")
     return value

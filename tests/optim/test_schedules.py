@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from natvi.optim import Constant, LogLinearWarmup, NaturalGradient
-from natvi.optim.schedules import as_schedule, evaluate
+from natvi.optim.schedules import as_schedule, check_lr, evaluate
 from tests.optim.toy_models import BayesLinReg, regression_data
 
 
@@ -69,3 +71,58 @@ def test_decay_is_a_over_one_plus_b_t_and_validates():
         Decay(1.0, -1.0)
     with pytest.raises(ValueError, match="a must be"):
         Decay(0.0)
+
+
+def _optimizers(lr) -> dict:
+    """Build every natvi optimiser with step size ``lr`` (lazily: one callable each)."""
+    import pyro
+    from pyro.infer.autoguide import AutoMultivariateNormal
+
+    import natvi
+    from natvi.expfam import Gamma
+    from natvi.optim import DSNGD, NGD, SNGD, MirrorDescent
+    from natvi.pyro import NaturalSVI
+
+    def beta_W():
+        return [torch.zeros(2, requires_grad=True), torch.zeros(2, 3, requires_grad=True)]
+
+    def svi():
+        def model():
+            pyro.sample("z", pyro.distributions.Normal(torch.zeros(2), 1.0).to_event(1))
+
+        return NaturalSVI(model, AutoMultivariateNormal(model), lr=lr)
+
+    X, y = regression_data()
+    return {
+        "NaturalGradient": lambda: NaturalGradient.for_model(BayesLinReg(3), lr=lr),
+        "MirrorDescent": lambda: MirrorDescent(
+            [torch.zeros((), requires_grad=True), torch.tensor(-1.0, requires_grad=True)],
+            family=Gamma(), lr=lr),
+        "DSNGD": lambda: DSNGD(beta_W(), n_classes=3, cardinalities=(3, 2), lr=lr),
+        "SNGD": lambda: SNGD(beta_W(), n_classes=3, cardinalities=(3, 2), lr=lr),
+        "NGD": lambda: NGD(torch.nn.Linear(2, 3), lr=lr),
+        "NaturalSVI": svi,
+        "fit(lr)": lambda: natvi.fit(BayesLinReg(3), X, y, iterations=0, lr=lr, progress=False),
+        "fit(hyper_lr)": lambda: natvi.fit(BayesLinReg(3), X, y, iterations=0, hyper_lr=lr,
+                                           progress=False),
+        "LogLinearWarmup": lambda: LogLinearWarmup(gamma0=lr, gamma1=lr),
+    }
+
+
+BAD_TYPES = ["1.0", True, np.bool_(True), 1 + 0j, torch.ones(2), torch.tensor(True), [1.0]]
+
+
+@pytest.mark.parametrize("bad", BAD_TYPES, ids=repr)
+def test_every_optimiser_refuses_a_step_size_that_is_not_a_real_number(bad):
+    for name, build in _optimizers(bad).items():
+        with pytest.raises(ValueError, match="must be a real number > 0") as info:
+            build()
+        assert "got" in str(info.value) and type(bad).__name__ in str(info.value), name
+
+
+@pytest.mark.parametrize("good", [1, 0.5, np.float64(0.5), np.float32(0.5), torch.tensor(0.5),
+                                  torch.tensor([0.5], dtype=torch.float64)], ids=repr)
+def test_real_numbers_and_one_element_tensors_are_step_sizes(good):
+    assert check_lr("lr", good) == float(good) and type(check_lr("lr", good)) is float
+    for build in _optimizers(good).values():
+        build()
