@@ -58,7 +58,7 @@ class _MLROptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, n_classes, cardinalities, lr, decay, extra) -> None:
         self.family = NaiveBayes(n_classes, cardinalities)
-        lr = check_lr("lr (the a of a/(1 + b t))", lr)
+        lr = check_lr("lr", lr)
         if not (isinstance(decay, int | float) and decay >= 0):
             raise ValueError(f"decay (the b of a/(1 + b t)) must be a number ≥ 0, got {decay!r}.")
         super().__init__(params, dict(lr=float(lr), decay=float(decay), **extra))
