@@ -363,6 +363,11 @@ class MeanCholesky(Parameterization):
         L = L.tril()
         return m, L @ L.mT
 
+    def to_moments(self, m: Tensor, L: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        L = L.tril()
+        logdet = 2.0 * L.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
+        return m, L @ L.mT, logdet
+
     def from_expectation(self, eta1: Tensor, eta2: Tensor) -> tuple[Tensor, Tensor]:
         S = eta2 - eta1.unsqueeze(-1) * eta1.unsqueeze(-2)
         return eta1, cholesky(S, "the covariance eta2 − eta1·eta1ᵀ")

@@ -85,3 +85,20 @@ def test_recorded_gradient_is_refused_unless_it_is_the_whole_unchanged_gradient(
     assert recorded_expectation_gradient(*xi, *(p.grad for p in xi)) is None
     twin = tuple(x.detach().clone() for x in xi)
     assert recorded_expectation_gradient(*twin, *first) is None  # other tensors
+
+
+def test_mean_cholesky_moments_equal_the_generic_path():
+    from natvi.parameterizations import MeanCholesky
+
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(2, 5, generator=g, dtype=DT, requires_grad=True)
+    B = torch.randn(2, 5, 5, generator=g, dtype=DT)
+    L = torch.linalg.cholesky(B @ B.mT + torch.eye(5, dtype=DT)).requires_grad_()
+    w = torch.randn(2, generator=g, dtype=DT)
+    fast = MeanCholesky().to_moments(m, L)
+    ref = Parameterization.to_moments(MeanCholesky(), m, L)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad((w * fast[2]).sum() + fast[1].sum(), (m, L), allow_unused=True)
+    want = torch.autograd.grad((w * ref[2]).sum() + ref[1].sum(), (m, L), allow_unused=True)
+    torch.testing.assert_close(got[1].tril(), want[1].tril(), rtol=1e-10, atol=1e-10)
