@@ -9,12 +9,20 @@ directly.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
 from natvi.parameterizations import Natural, Parameterization
 
-__all__ = ["GaussianVariational"]
+__all__ = ["GaussianVariational", "owner"]
+
+
+def owner(tensor: Tensor) -> GaussianVariational | None:
+    """The :class:`GaussianVariational` whose coordinate ``tensor`` is (``None``: none)."""
+    ref = getattr(tensor, "_natvi_q", None)
+    return ref() if ref is not None else None
 
 
 class GaussianVariational(nn.Module):
@@ -65,6 +73,23 @@ class GaussianVariational(nn.Module):
         xi = self.parameterization.from_prior(mean, cov)
         for name, value in zip(self.parameterization.names, xi):
             self.register_parameter(name, nn.Parameter(value.detach().clone()))
+        self._tag()
+
+    def _tag(self) -> None:
+        """Tag each coordinate with its q, so that an optimiser handed bare tensors
+        (``model.variational_parameters()``) finds the parameterisation (:func:`owner`)."""
+        ref = weakref.ref(self)
+        for p in self.xi():
+            p._natvi_q = ref
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._tag()  # conversions may replace the parameter objects
+        return out
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._tag()  # copy.deepcopy and pickling make new parameter objects
 
     def xi(self) -> tuple[nn.Parameter, ...]:
         """The coordinates ξ as the module's parameters, in ``parameterization.names`` order."""

@@ -1,17 +1,45 @@
 """GPyTorch interop: a variational distribution whose q(u) lives in any natvi parameterisation.
 
-A GPyTorch user switches to natvi's natural gradients by changing two lines of a standard
-``ApproximateGP``: the variational distribution, and the optimiser of the variational parameters::
+A GPyTorch user switches to natvi's natural gradients by changing two lines of GPyTorch's
+natural-gradient recipe: the variational distribution, and ``gpytorch.optim.NGD`` (same
+``num_data`` and lr values). Example::
+
+    import gpytorch, torch, natvi
+    from natvi.gp.gpytorch import NatviVariationalDistribution
+    from natvi.parameterizations import Natural
+
+    X = torch.linspace(-2, 2, 100, dtype=torch.float64).unsqueeze(-1)
+    y = torch.sin(3 * X[:, 0])
+    N = y.size(0)
 
     class GPModel(gpytorch.models.ApproximateGP):
         def __init__(self, Z):
             q_u = NatviVariationalDistribution(Z.size(0), parameterization=Natural())  # line 1
-            strategy = gpytorch.variational.VariationalStrategy(self, Z, q_u)
-            super().__init__(strategy)
-            ...
+            super().__init__(gpytorch.variational.VariationalStrategy(self, Z, q_u))
+            self.mean_module = gpytorch.means.ZeroMean()
+            self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())
 
-    ngd = natvi.optim.NaturalGradient(model.variational_parameters(), lr=0.1)     # line 2
-    adam = torch.optim.Adam(model.hyperparameters(), lr=0.01)
+        def forward(self, x):
+            return gpytorch.distributions.MultivariateNormal(
+                self.mean_module(x), self.covar_module(x))
+
+    model = GPModel(X[::10].clone()).double()
+    likelihood = gpytorch.likelihoods.GaussianLikelihood().double()
+    mll = gpytorch.mlls.VariationalELBO(likelihood, model, num_data=N)
+    ngd = natvi.optim.NaturalGradient(model.variational_parameters(), num_data=N, lr=0.1)  # 2
+    adam = torch.optim.Adam([*model.hyperparameters(), *likelihood.parameters()], lr=0.01)
+    for i in range(20):
+        ngd.zero_grad(); adam.zero_grad()
+        loss = -mll(model(X), y)
+        loss.backward()
+        ngd.step(); adam.step()
+
+``num_data=N`` says that the loss is GPyTorch's per-datum ``VariationalELBO`` (the total ELBO
+divided by N), exactly as for GPyTorch's ``NGD(params, num_data=N, lr=...)``: GPyTorch's lr
+values then mean the same step in natvi, and ``lr = 1`` is still the conjugate optimum.
+An ordinary optimiser given q's coordinates in constrained coordinates (``Natural``,
+``Expectation``, ...; e.g. ``Adam(model.parameters())``) raises ``ValueError`` before its first
+step: an ordinary gradient step would leave the precision's domain.
 
 q(u) is held by a :class:`natvi.GaussianVariational` submodule (``.q``), which is what natvi's
 natural-gradient optimiser looks for; its parameters are named ``...variational_...`` so that
@@ -26,11 +54,41 @@ import torch
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.variational import _VariationalDistribution
 from linear_operator.operators import DenseLinearOperator, DiagLinearOperator
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from natvi.optim.natural_gradient import NaturalGradient
 from natvi.parameterizations import Natural, Parameterization
-from natvi.variational import GaussianVariational
+from natvi.variational import GaussianVariational, owner
 
-__all__ = ["NatviVariationalDistribution"]
+__all__ = ["NatviVariationalDistribution", "refuse_ordinary_steps"]
+
+
+def refuse_ordinary_steps(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """Optimiser pre-step hook: an ordinary optimiser may not step natvi's constrained coordinates.
+
+    Registered for every ``torch.optim.Optimizer`` when this module is imported (the README's
+    two-line switch keeps a user's ``Adam(model.parameters())`` otherwise, which fails later
+    with a non-positive-definite precision). Raises ``ValueError`` before any parameter moves.
+    """
+    if isinstance(optimizer, NaturalGradient):
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            q = owner(p)
+            if q is not None and q.parameterization.constrained:
+                raise ValueError(
+                    f"{type(optimizer).__name__} was given the coordinates of a natvi q in "
+                    f"{q.parameterization!r} coordinates {q.parameterization.names}; an ordinary "
+                    "gradient step leaves their domain (the precision or covariance must stay "
+                    "positive definite). Give q to natvi.optim.NaturalGradient("
+                    "model.variational_parameters(), num_data=N, lr=...) and only "
+                    "model.hyperparameters() (and the likelihood's parameters) to "
+                    f"{type(optimizer).__name__}; for an ordinary-gradient baseline build q with "
+                    "parameterization=MeanCholesky()."
+                )
+
+
+_HOOK = register_optimizer_step_pre_hook(refuse_ordinary_steps)
 
 
 class _GPyTorchGaussianVariational(GaussianVariational):

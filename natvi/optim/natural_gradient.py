@@ -23,7 +23,7 @@ from natvi.optim.engine import (
 from natvi.optim.safeguards import Safeguard, Strict, as_safeguard
 from natvi.optim.schedules import as_schedule, evaluate
 from natvi.parameterizations import Parameterization
-from natvi.variational import GaussianVariational
+from natvi.variational import GaussianVariational, owner
 
 __all__ = ["NaturalGradient"]
 
@@ -47,6 +47,32 @@ def _as_group(item: Any) -> dict:
     )
 
 
+def _groups_of_tensors(tensors: list[Tensor]) -> list[dict]:
+    """Bare tensors: one group per q they are coordinates of (e.g. GPyTorch's
+    ``model.variational_parameters()``), else one group of untagged tensors."""
+    qs = [owner(t) for t in tensors]
+    if all(q is None for q in qs):
+        return [{"params": tensors}]
+    if any(q is None for q in qs):
+        raise ValueError(
+            "NaturalGradient got a mix of natvi q coordinates and other tensors; pass only q's "
+            "coordinates (model.variational_parameters() of a natvi model) and give the other "
+            "parameters to an ordinary optimiser."
+        )
+    groups: dict[int, GaussianVariational] = {}
+    for q in qs:
+        groups.setdefault(id(q), q)
+    ids = {id(t) for t in tensors}
+    for q in groups.values():
+        missing = [n for n, x in zip(q.parameterization.names, q.xi()) if id(x) not in ids]
+        if missing:
+            raise ValueError(
+                f"NaturalGradient got only some coordinates of a q in {q.parameterization!r} "
+                f"(missing {missing}); a natural step updates all of them together."
+            )
+    return [_as_group(q) for q in groups.values()]
+
+
 def _as_groups(params: Any) -> list[dict]:
     if isinstance(params, (GaussianVariational, dict)):
         params = [params]
@@ -56,7 +82,7 @@ def _as_groups(params: Any) -> list[dict]:
     if not items:
         raise ValueError("NaturalGradient got an empty parameter list; pass q's coordinates.")
     if all(isinstance(x, Tensor) for x in items):
-        return [{"params": items}]
+        return _groups_of_tensors(items)
     return [_as_group(x) for x in items]
 
 
