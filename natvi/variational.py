@@ -19,10 +19,25 @@ from natvi.parameterizations import Natural, Parameterization
 __all__ = ["GaussianVariational", "owner"]
 
 
+class _Owner:
+    """A weak reference to a q that pickles and copies as an empty tag (the copy's q re-tags)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, q: GaussianVariational | None = None) -> None:
+        self.ref = None if q is None else weakref.ref(q)
+
+    def __call__(self) -> GaussianVariational | None:
+        return None if self.ref is None else self.ref()
+
+    def __reduce__(self):
+        return _Owner, ()
+
+
 def owner(tensor: Tensor) -> GaussianVariational | None:
     """The :class:`GaussianVariational` whose coordinate ``tensor`` is (``None``: none)."""
-    ref = getattr(tensor, "_natvi_q", None)
-    return ref() if ref is not None else None
+    tag = getattr(tensor, "_natvi_q", None)
+    return tag() if tag is not None else None
 
 
 class GaussianVariational(nn.Module):
@@ -78,9 +93,9 @@ class GaussianVariational(nn.Module):
     def _tag(self) -> None:
         """Tag each coordinate with its q, so that an optimiser handed bare tensors
         (``model.variational_parameters()``) finds the parameterisation (:func:`owner`)."""
-        ref = weakref.ref(self)
+        tag = _Owner(self)
         for p in self.xi():
-            p._natvi_q = ref
+            p._natvi_q = tag
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)

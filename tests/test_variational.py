@@ -41,3 +41,16 @@ def test_set_meancov_keeps_parameter_objects():
 def test_bad_size_is_named():
     with pytest.raises(ValueError, match="num_inducing must be a positive integer"):
         GaussianVariational(0)
+
+
+def test_coordinates_know_their_q_after_copy_pickle_and_dtype_conversion():
+    import copy
+    import pickle
+
+    from natvi.variational import owner
+
+    q = GaussianVariational(3)
+    assert all(owner(x) is q for x in q.xi())
+    for other in (copy.deepcopy(q), pickle.loads(pickle.dumps(q)), q.double()):
+        assert all(owner(x) is other for x in other.xi())
+    assert owner(torch.zeros(2)) is None
