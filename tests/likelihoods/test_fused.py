@@ -80,3 +80,15 @@ def test_gauss_hermite_grids_are_cached_per_dtype():
     a = gauss_hermite(20, dtype=torch.float64)
     assert gauss_hermite(20, dtype=torch.float64)[0] is a[0]
     assert gauss_hermite(20, dtype=torch.float32)[0].dtype == torch.float32
+
+
+def test_log_ndtr_equals_torchs_everywhere_and_differentiates_through_the_tail():
+    from natvi.likelihoods.discrete import log_ndtr
+
+    t = torch.linspace(-60, 40, 2001, dtype=torch.float64).requires_grad_()
+    ours, ref = log_ndtr(t), torch.special.log_ndtr(t)
+    torch.testing.assert_close(ours, ref, rtol=1e-14, atol=1e-15)
+    (g,) = torch.autograd.grad(ours.sum(), t)
+    (g_ref,) = torch.autograd.grad(ref.sum(), t)
+    assert bool(torch.isfinite(g).all())
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-14)
