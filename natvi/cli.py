@@ -128,9 +128,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     table, likelihood, y = _read_labelled(args)
     names = [c for c in table.columns if c != args.target]
     X = table.features(names)
+    limit = {} if args.max_iter is None else {"max_iter": args.max_iter}
     est = make_estimator(
-        likelihood, num_inducing=args.inducing, method=args.method, max_iter=args.max_iter,
-        random_state=args.seed, progress=not args.no_progress,
+        likelihood, num_inducing=args.inducing, method=args.method, random_state=args.seed,
+        progress=not args.no_progress, **limit,
     )
     est.fit(X, y)
     est.feature_names_ = names
@@ -276,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default: bernoulli/softmax for class labels, else gaussian")
     fit.add_argument("--method", choices=("natgrad", "adam"), default="natgrad",
                      help="optimiser for q(u) (default natgrad)")
-    fit.add_argument("--max-iter", type=_positive_int, default=300,
-                     help="iteration limit; training stops earlier once the ELBO settles")
+    fit.add_argument("--max-iter", type=_positive_int, default=None,
+                     help="iteration limit (default: the estimator's, 1000); training stops "
+                     "earlier once the ELBO settles, and warns if it reaches the limit first")
     fit.add_argument("--out", type=Path, default=Path("model.pt"),
                      help="where to save the model (default model.pt)")
     _add_common_fit_args(fit, inducing=50)

@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from natvi._io import load_torch_file
-from natvi.estimators._base import FORMAT, SparseGPBase, kmeans_inducing_points
+from natvi.estimators._base import (
+    FORMAT,
+    TRAINING_DEFAULTS,
+    SparseGPBase,
+    kmeans_inducing_points,
+)
 from natvi.estimators.classifier import SparseGPClassifier
 from natvi.estimators.regressors import SparseGPCountRegressor, SparseGPRegressor
 
@@ -24,6 +29,7 @@ __all__ = [
     "SparseGPRegressor",
     "SparseGPCountRegressor",
     "kmeans_inducing_points",
+    "TRAINING_DEFAULTS",
     "make_estimator",
     "load",
 ]
@@ -71,7 +77,8 @@ def load(path: str | Path) -> SparseGPBase:
             f"{path}: the model file is incomplete (no {', '.join(missing)}); {_ADVICE}"
         )
     try:
-        est = _CLASSES[name](**blob["params"])
+        # files written before ``ard`` became a setting (default False) hold ARD kernels
+        est = _CLASSES[name](**{"ard": True, **blob["params"]})
         est._restore(blob["fitted"], blob["state_dict"])
     except KeyError as err:
         raise ValueError(

@@ -4,6 +4,7 @@ model, training with a stopping rule, and saving to a ``weights_only`` file."""
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,30 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
 from natvi._io import atomic_torch_save
 
-__all__ = ["SparseGPBase", "kmeans_inducing_points", "FORMAT"]
+__all__ = ["SparseGPBase", "kmeans_inducing_points", "FORMAT", "TRAINING_DEFAULTS"]
 
 FORMAT = "natvi.estimator/1"
 """The ``format`` entry of a saved estimator file."""
+
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "max_iter": 1000,
+    "tol": 1e-3,
+    "n_iter_no_change": 20,
+    "learning_rate": 0.1,
+    "natgrad_lr": 0.5,
+    "warmup_iter": 5,
+}
+"""The estimators' (and ``natvi fit``'s) training settings, chosen by measuring time to a
+converged model (``python -m benchmarks wallclock``). With q kept near its optimum by natural
+steps (γ = 0.5 after a 5-step warm-up) the hyperparameters see a nearly stationary objective and
+take Adam steps of 0.1; the run ends when the best ELBO has gained less than ``tol`` nats per
+datum over ``n_iter_no_change`` iterations (:class:`natvi.stopping.ElboPlateau`), well before
+``max_iter`` on ordinary data. Reaching ``max_iter`` raises a ``ConvergenceWarning``."""
 
 _KERNELS = ("rbf", "matern12", "matern32", "matern52")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -49,6 +66,8 @@ class SparseGPBase(BaseEstimator):
     def _check_settings(self) -> None:
         if self.kernel not in _KERNELS:
             raise ValueError(f"kernel must be one of {_KERNELS}, got {self.kernel!r}.")
+        if not isinstance(self.ard, (bool, np.bool_)):
+            raise ValueError(f"ard must be True or False, got {self.ard!r}.")
         if self.method not in ("natgrad", "adam"):
             raise ValueError(f"method must be 'natgrad' or 'adam', got {self.method!r}.")
         for name in ("num_inducing", "max_iter", "n_iter_no_change", "warmup_iter"):
@@ -79,11 +98,16 @@ class SparseGPBase(BaseEstimator):
 
     # ---------------------------------------------------------------- model
     def _make_kernel(self, num_dims: int) -> gpytorch.kernels.Kernel:
+        """One lengthscale (default), or one per input dimension with ``ard=True``: ML-II
+        pushes the lengthscales of uninformative inputs slowly towards infinity, so an ARD
+        kernel trains for longer and, on few data, over-fits (breast cancer: 30 features, 398
+        rows)."""
+        ard = {"ard_num_dims": num_dims} if self.ard else {}
         if self.kernel == "rbf":
-            base = gpytorch.kernels.RBFKernel(ard_num_dims=num_dims)
+            base = gpytorch.kernels.RBFKernel(**ard)
         else:
             nu = {"matern12": 0.5, "matern32": 1.5, "matern52": 2.5}[self.kernel]
-            base = gpytorch.kernels.MaternKernel(nu=nu, ard_num_dims=num_dims)
+            base = gpytorch.kernels.MaternKernel(nu=nu, **ard)
         base.lengthscale = math.sqrt(num_dims)
         return gpytorch.kernels.ScaleKernel(base)
 
@@ -118,20 +142,27 @@ class SparseGPBase(BaseEstimator):
         self._train(Xs, y.to(self._torch_kw["device"]), seed)
 
     def _train(self, X: torch.Tensor, y: torch.Tensor, seed: int) -> None:
-        """Natural steps (log-linear warm-up) + Adam, or Adam on everything; stop on ELBO."""
+        """Natural steps (log-linear warm-up) + Adam on the hyperparameters, or Adam on
+        everything (q included) at ``learning_rate``; stop on the ELBO plateau."""
         from natvi.fit import fit
         from natvi.optim.schedules import LogLinearWarmup
+        from natvi.stopping import ElboPlateau
 
         natgrad = self.method == "natgrad"
-        stop = _ElboPlateau(tol=self.tol * X.shape[0], window=int(self.n_iter_no_change),
-                            start=int(self.warmup_iter) if natgrad else 0)
-        lr = LogLinearWarmup(1e-4, self.natgrad_lr, int(self.warmup_iter)) if natgrad else None
+        stop = ElboPlateau(tol=float(self.tol), n_iter_no_change=int(self.n_iter_no_change),
+                           num_data=int(X.shape[0]), start=int(self.warmup_iter) if natgrad else 0)
+        if natgrad:
+            lr = LogLinearWarmup(1e-4, self.natgrad_lr, int(self.warmup_iter))
+        else:
+            lr = float(self.learning_rate)
         result = fit(
             self.model_, X, y, method=self.method, iterations=int(self.max_iter), lr=lr,
             hyper_lr=self.learning_rate, stop_when=stop, progress=bool(self.progress), seed=seed,
         )
         self.history_ = result.history
         self.n_iter_ = len(result.history)
+        if not stop.stopped:
+            _warn_not_converged(self, stop)
         with torch.no_grad():
             self.elbo_ = float(self.model_.elbo(X, y))
 
@@ -201,16 +232,15 @@ class SparseGPBase(BaseEstimator):
         )
 
 
-class _ElboPlateau:
-    """Stopping rule: stop once the ELBO gained less than ``tol`` over the last ``window``
-    iterations (counted after ``start``); called with the :class:`natvi.fit` history."""
-
-    def __init__(self, tol: float, window: int, start: int) -> None:
-        self.tol, self.window, self.start = tol, window, start
-
-    def __call__(self, history) -> bool:
-        elbos = history.elbo
-        t = len(elbos)
-        if t < self.start + self.window + 1:
-            return False
-        return elbos[-1] - elbos[-1 - self.window] < self.tol
+def _warn_not_converged(est: SparseGPBase, stop) -> None:
+    gain = "too few iterations for the stopping rule to judge" if not math.isfinite(stop.last_gain) else (
+        f"the best ELBO still gained {stop.last_gain:.2g} nats per datum over the last "
+        f"{stop.n_iter_no_change} iterations")
+    warnings.warn(
+        f"{type(est).__name__} reached max_iter={est.max_iter} before the ELBO settled "
+        f"({gain}; tol={est.tol}). The model may be under-trained: raise max_iter, or raise "
+        "learning_rate (the hyperparameters' step) for faster progress, or raise tol to "
+        "accept a looser optimum.",
+        ConvergenceWarning,
+        stacklevel=5,
+    )

@@ -10,6 +10,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
+from natvi.estimators._base import TRAINING_DEFAULTS as _D
 from natvi.estimators._base import SparseGPBase
 
 __all__ = ["SparseGPClassifier"]
@@ -26,13 +27,17 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
 
     1. standardise the inputs (zero mean, unit variance per feature);
     2. place ``num_inducing`` inducing points at k-means centres of the inputs;
-    3. ARD kernel (``kernel="rbf"``, or a Matérn) with a learned scale, a constant mean;
+    3. an RBF kernel (or a Matérn) with one lengthscale and a learned scale (``ard=True``: one
+       lengthscale per feature), a constant mean;
     4. ``method="natgrad"``: natural-gradient steps on q(u) with the log-linear warm-up
        ``γ_t = 1e-4 (natgrad_lr / 1e-4)^{min(t / warmup_iter, 1)}`` alternating with Adam
        (``learning_rate``) on kernel, likelihood and inducing inputs — the recipe of Salimbeni,
-       Eleftheriadis & Hensman (2018); ``method="adam"`` runs Adam on everything instead;
-    5. stop after ``max_iter`` iterations or once the ELBO has gained less than
-       ``tol`` nats per datum over the last ``n_iter_no_change`` iterations.
+       Eleftheriadis & Hensman (2018); ``method="adam"`` runs Adam at ``learning_rate`` on
+       everything instead;
+    5. stop once the best ELBO has gained less than ``tol`` nats per datum over the last
+       ``n_iter_no_change`` iterations (:class:`natvi.stopping.ElboPlateau`), or at
+       ``max_iter`` with a ``sklearn.exceptions.ConvergenceWarning``. The defaults
+       (``natvi.estimators.TRAINING_DEFAULTS``) end by the rule on ordinary data.
 
     ``predict_proba`` integrates the likelihood over the posterior ``q(f)``
     (``p(y=1|x) = ∫ Φ(f) q(f) df = Φ(μ / √(1 + σ²))`` for the probit link), so a point far from
@@ -56,13 +61,14 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
         link: str = "probit",
         multiclass: str = "softmax",
         kernel: str = "rbf",
+        ard: bool = False,
         method: str = "natgrad",
-        max_iter: int = 300,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 10,
-        learning_rate: float = 0.01,
-        natgrad_lr: float = 0.1,
-        warmup_iter: int = 10,
+        max_iter: int = _D["max_iter"],
+        tol: float = _D["tol"],
+        n_iter_no_change: int = _D["n_iter_no_change"],
+        learning_rate: float = _D["learning_rate"],
+        natgrad_lr: float = _D["natgrad_lr"],
+        warmup_iter: int = _D["warmup_iter"],
         random_state: int | None = None,
         dtype: str = "float64",
         device: str | None = None,
@@ -72,6 +78,7 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
         self.link = link
         self.multiclass = multiclass
         self.kernel = kernel
+        self.ard = ard
         self.method = method
         self.max_iter = max_iter
         self.tol = tol

@@ -10,15 +10,18 @@ import torch
 from sklearn.base import RegressorMixin
 from sklearn.utils.validation import validate_data
 
+from natvi.estimators._base import TRAINING_DEFAULTS as _D
 from natvi.estimators._base import SparseGPBase
 
 __all__ = ["SparseGPRegressor", "SparseGPCountRegressor"]
 
 _SETTINGS_DOC = """
     Training is that of :class:`~natvi.SparseGPClassifier`: standardised inputs, k-means
-    inducing points, ARD kernel, natural-gradient steps with log-linear warm-up plus Adam on
-    hyperparameters (``method="natgrad"``) or Adam on everything (``method="adam"``), stopping
-    when the ELBO gains less than ``tol`` nats per datum over ``n_iter_no_change`` iterations.
+    inducing points, a kernel with one lengthscale (``ard=True``: one per feature),
+    natural-gradient steps with log-linear warm-up plus Adam on hyperparameters
+    (``method="natgrad"``) or Adam on everything (``method="adam"``), stopping when the best
+    ELBO gains less than ``tol`` nats per datum over ``n_iter_no_change`` iterations, or at
+    ``max_iter`` with a ``ConvergenceWarning``.
 """
 
 
@@ -28,13 +31,14 @@ class _RegressorBase(RegressorMixin, SparseGPBase):
         num_inducing: int = 50,
         *,
         kernel: str = "rbf",
+        ard: bool = False,
         method: str = "natgrad",
-        max_iter: int = 300,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 10,
-        learning_rate: float = 0.01,
-        natgrad_lr: float = 0.1,
-        warmup_iter: int = 10,
+        max_iter: int = _D["max_iter"],
+        tol: float = _D["tol"],
+        n_iter_no_change: int = _D["n_iter_no_change"],
+        learning_rate: float = _D["learning_rate"],
+        natgrad_lr: float = _D["natgrad_lr"],
+        warmup_iter: int = _D["warmup_iter"],
         random_state: int | None = None,
         dtype: str = "float64",
         device: str | None = None,
@@ -42,6 +46,7 @@ class _RegressorBase(RegressorMixin, SparseGPBase):
     ) -> None:
         self.num_inducing = num_inducing
         self.kernel = kernel
+        self.ard = ard
         self.method = method
         self.max_iter = max_iter
         self.tol = tol
@@ -89,20 +94,21 @@ class SparseGPRegressor(_RegressorBase):
         *,
         likelihood: str = "gaussian",
         kernel: str = "rbf",
+        ard: bool = False,
         method: str = "natgrad",
-        max_iter: int = 300,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 10,
-        learning_rate: float = 0.01,
-        natgrad_lr: float = 0.1,
-        warmup_iter: int = 10,
+        max_iter: int = _D["max_iter"],
+        tol: float = _D["tol"],
+        n_iter_no_change: int = _D["n_iter_no_change"],
+        learning_rate: float = _D["learning_rate"],
+        natgrad_lr: float = _D["natgrad_lr"],
+        warmup_iter: int = _D["warmup_iter"],
         random_state: int | None = None,
         dtype: str = "float64",
         device: str | None = None,
         progress: bool = False,
     ) -> None:
         super().__init__(
-            num_inducing, kernel=kernel, method=method, max_iter=max_iter, tol=tol,
+            num_inducing, kernel=kernel, ard=ard, method=method, max_iter=max_iter, tol=tol,
             n_iter_no_change=n_iter_no_change, learning_rate=learning_rate,
             natgrad_lr=natgrad_lr, warmup_iter=warmup_iter, random_state=random_state,
             dtype=dtype, device=device, progress=progress,
