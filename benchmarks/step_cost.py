@@ -158,7 +158,10 @@ def gpytorch_step(p: dict, likelihood: str, whiten: bool, dtype: torch.dtype, in
         opt = gpytorch.optim.NGD(model.variational_parameters(), num_data=N, lr=GAMMA)
 
     def step() -> None:
-        with gpytorch.settings.num_likelihood_samples(100):
+        # Cholesky at every size: above GPyTorch's default max_cholesky_size (800) a dense q
+        # covariance (the interop path's) would go through CG and stochastic Lanczos log-dets.
+        with gpytorch.settings.num_likelihood_samples(100), \
+                gpytorch.settings.max_cholesky_size(10**6):
             opt.zero_grad()
             (-mll(model(X), y)).backward()
             opt.step()
