@@ -28,10 +28,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
 from benchmarks import _common  # noqa: E402
 from models import mlp_digits  # noqa: E402
-from natvi.fisher import Curvature, loss_value  # noqa: E402
+from natvi.fisher import Curvature  # noqa: E402
 from natvi.linalg import CG, OU, Cholesky, Woodbury  # noqa: E402
 from natvi.optim.ngd import NGD  # noqa: E402
 
@@ -47,7 +48,7 @@ def _methods(args, times: list[float]) -> dict:
 
             def step(x, y):
                 opt.zero_grad()
-                loss = loss_value(model(x), y, "cross_entropy")
+                loss = F.cross_entropy(model(x), y)
                 loss.backward()
                 opt.step()
                 return {}
@@ -58,10 +59,18 @@ def _methods(args, times: list[float]) -> dict:
 
     def ngd(solver):
         def make(model):
-            opt = NGD(model, "cross_entropy", lr=args.ngd_lr, damping=args.damping, solver=solver)
+            opt = NGD(model, F.cross_entropy, lr=args.ngd_lr, damping=args.damping,
+                      solver=solver)
+
+            def closure(x, y):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
 
             def step(x, y):
-                opt.step(x, y)
+                opt.observe(x, y)
+                opt.step(lambda: closure(x, y))
                 return opt.last
 
             return step
@@ -95,7 +104,7 @@ def _train(model_name, make_model, data, methods, args) -> tuple[list, list]:
         for k in range(args.iters + 1):
             if k % args.eval_every == 0 or k == args.iters:
                 with torch.no_grad():
-                    train_loss = float(loss_value(model(data.X), data.y, "cross_entropy"))
+                    train_loss = float(F.cross_entropy(model(data.X), data.y))
                 acc = mlp_digits.accuracy(model, data.X_test, data.y_test)
                 curves.append({"model": model_name, "method": name, "iteration": k,
                                "seconds": elapsed, "train_loss": train_loss, "test_acc": acc})

@@ -58,8 +58,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from natvi import strategy as _strategy
 from natvi.model import needs_full_batch
+from natvi.strategy import Strategy, current, use
 
 __all__ = [
     "DataParallel",
@@ -204,7 +204,7 @@ def _check_shards(X: Tensor, y: Tensor, batch_size: int | None) -> list[int]:
 
 
 # ---------------------------------------------------------------- the strategy
-class DataParallel(_strategy.Strategy):
+class DataParallel(Strategy):
     """Data-parallel :func:`natvi.fit` over the initialised ``torch.distributed`` process group.
 
     Every rank calls ``natvi.fit(model, X, y, strategy=DataParallel(), ...)`` with the same
@@ -347,7 +347,7 @@ def data_parallel(
             on each rank).
         check_every: deprecated and ignored.
     """
-    with _strategy.use(DataParallel(shard_data, broadcast, check_every)) as dp:
+    with use(DataParallel(shard_data, broadcast, check_every)) as dp:
         yield dp
 
 
@@ -358,7 +358,7 @@ def ambient() -> dict | None:
         "natvi.distributed.ambient() is deprecated; use natvi.strategy.current() (a Strategy).",
         DeprecationWarning, stacklevel=2,
     )
-    return _strategy.current().describe()
+    return current().describe()
 
 
 def parameter_checksum(module: nn.Module) -> Tensor:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
+from torch.nn import functional as F
 
 from natvi.fisher import LOSSES, Curvature, loss_value, output_hessian_sqrt, output_hvp
 from natvi.linalg import LowRankPlusDiag, Operator
@@ -156,3 +157,48 @@ def test_negative_damping_is_refused():
     model, X, y = _problem("cross_entropy")
     with pytest.raises(ValueError, match="damping"):
         Curvature(model, X, y).operator(-1.0)
+
+
+def _poisson(f, y):
+    return F.poisson_nll_loss(f, y, log_input=True)
+
+
+def _bce(f, y):
+    return F.binary_cross_entropy_with_logits(f, y)
+
+
+@pytest.mark.parametrize("loss", [F.cross_entropy, F.mse_loss, _poisson, _bce],
+                         ids=["cross_entropy", "mse_loss", "poisson_nll", "bce_mean"])
+def test_ggn_of_any_batch_mean_loss_equals_the_dense_autodiff_reference(loss):
+    """``Jᵀ ∇²_f L J`` with the Hessian of the loss callable over the whole batch's outputs
+    (torch.func.hessian, no per-example split) against every form of the curvature."""
+    model, X, _ = _problem("mse")
+    g = torch.Generator().manual_seed(5)
+    y = (torch.randint(0, 3, (B,), generator=g) if loss is F.cross_entropy
+         else torch.rand(B, 3, generator=g, dtype=torch.float64))
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def f(t):
+        chunks = torch.split(t, [s.numel() for s in shapes])
+        return functional_call(model, dict(zip(names, [c.view(s) for c, s in
+                                                       zip(chunks, shapes)])), (X,))
+
+    out = f(theta).detach()
+    J = jacrev(f)(theta).reshape(out.numel(), -1)
+    H = hessian(lambda o: loss(o, y))(out).reshape(out.numel(), out.numel())
+    G_ref = J.T @ H @ J
+    curv = Curvature(model, X, y, loss)
+    eye = torch.eye(curv.size, dtype=torch.float64)
+    torch.testing.assert_close(curv.matmat(eye), G_ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(curv.dense(), G_ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(curv.grad, jacrev(lambda t: loss(f(t), y))(theta),
+                               atol=1e-12, rtol=0)
+
+
+def test_loss_names_are_deprecated_but_still_work():
+    model, X, y = _problem("cross_entropy")
+    with pytest.warns(DeprecationWarning, match="pass a callable"):
+        named = Curvature(model, X, y, "cross_entropy")
+    torch.testing.assert_close(named.dense(), Curvature(model, X, y).dense(), atol=0, rtol=0)

@@ -6,12 +6,14 @@ from natvi.optim.dsngd import DSNGD, SNGD, mlr_logits
 from natvi.optim.mirror import MirrorDescent
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.optim.ngd import NGD
+from natvi.optim.preconditioner import FisherPreconditioner
 from natvi.optim.safeguards import Backoff, Riemannian, SafeguardWarning, Strict
 from natvi.optim.schedules import Constant, Decay, LogLinearWarmup
 
 __all__: list[str] = [
     "NaturalGradient",
     "NGD",
+    "FisherPreconditioner",
     "schedules",
     "safeguards",
     "Constant",

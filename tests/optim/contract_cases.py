@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from natvi.linalg import CG, OU
 from natvi.optim import LogLinearWarmup, NaturalGradient
 from natvi.parameterizations import MeanCholesky, Natural
 from tests.optim.toy_models import LogisticReg, classification_data
@@ -67,6 +68,33 @@ def _mlr_case(name: str) -> Callable[[], OptimCase]:
     return factory
 
 
+def _ngd_case(solver_factory, **kw) -> Callable[[], OptimCase]:
+    """NGD on a small MLP with cross-entropy; the batch is observed once."""
+
+    def factory() -> OptimCase:
+        from natvi.optim import NGD
+
+        g = torch.Generator().manual_seed(0)
+        X = torch.randn(12, 3, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 3, (12,), generator=g)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)
+        ).double()
+        opt = NGD(model, torch.nn.functional.cross_entropy, solver=solver_factory(), **kw)
+        opt.observe(X, y)
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(X), y)
+            loss.backward()
+            return loss
+
+        return OptimCase(opt, closure, list(model.parameters()))
+
+    return factory
+
+
 @dataclass
 class OptimCase:
     """An optimiser, a torch-style closure (zero_grad, loss, backward, return loss) and the
@@ -103,4 +131,8 @@ CASES: list[tuple[str, Callable[[], OptimCase]]] = [
     ("MirrorDescent-Gamma", _mirror_case),
     ("DSNGD-MLR", _mlr_case("DSNGD")),
     ("SNGD-MLR", _mlr_case("SNGD")),
+    ("NGD-CG-warmup-LM", _ngd_case(lambda: CG(tol=1e-12), lr=LogLinearWarmup(0.1, 1.0, K=3),
+                                   damping=0.1, adaptive_damping=True)),
+    ("TNGD-OU-delay", _ngd_case(lambda: OU(dt=0.1, num_samples=20, noise=0.0, method="exact"),
+                                lr=0.5, damping=0.1, delay=0.5)),
 ]
