@@ -28,7 +28,8 @@ class Problem:
         Z: the initial inducing inputs ``[M, D]`` (a copy; the model holds its own).
         lengthscale: initial ARD lengthscales ``[D]``.
         outputscale: initial kernel variance.
-        likelihood: the likelihood's name (``"bernoulli"``, ``"gaussian"``, ``"poisson"``, ...).
+        likelihood: the likelihood's name in natvi's vocabulary (``natvi.likelihoods.name_of``:
+            ``"bernoulli"``, ``"gaussian"``, ``"poisson"``, ...).
         likelihood_params: the likelihood's initial parameters (e.g. ``{"noise": 0.1}``).
         num_latent: number of latent GPs.
         settings: every setting the builder used (seed, sizes, dtype, ...).
@@ -123,7 +124,6 @@ def assemble(
     name: str,
     data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     likelihood: nn.Module,
-    likelihood_name: str,
     settings: dict,
     likelihood_params: dict | None = None,
     num_latent: int = 1,
@@ -137,12 +137,13 @@ def assemble(
     a scale, one per latent function when ``num_latent > 1``.
     """
     from natvi.gp import SVGP
+    from natvi.likelihoods import name_of
     from natvi.parameterizations import Natural
 
     dtype = settings["dtype"]
     as_t = lambda a, dt=dtype: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)
     X, y, X_test, y_test = data
-    y_dtype = torch.long if likelihood_name in ("softmax", "robustmax") else dtype
+    y_dtype = torch.long if likelihood.task == "multiclass" else dtype
     D = X.shape[1]
     Z = as_t(kmeans_inducing(X, settings["num_inducing"], settings["seed"]))
     lengthscale = torch.full((D,), float(settings["lengthscale"]), dtype=dtype)
@@ -167,7 +168,7 @@ def assemble(
         Z=Z,
         lengthscale=lengthscale,
         outputscale=float(settings["outputscale"]),
-        likelihood=likelihood_name,
+        likelihood=name_of(likelihood),
         likelihood_params=dict(likelihood_params or {}),
         num_latent=num_latent,
         settings=dict(settings),

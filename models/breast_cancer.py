@@ -38,4 +38,4 @@ def build(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides) -> Pro
 
     s = check_overrides("breast_cancer", overrides, DEFAULTS) | {"seed": seed, "dtype": dtype}
     data = make_data(s["test_fraction"], seed)
-    return assemble("breast_cancer", data, Bernoulli(link=s["link"]), "bernoulli", s)
+    return assemble("breast_cancer", data, Bernoulli(link=s["link"]), s)

@@ -46,7 +46,6 @@ def build(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides) -> Pro
         "digits_softmax",
         data,
         Softmax(num_classes=NUM_CLASSES),
-        "softmax",
         s,
         num_latent=NUM_CLASSES,
     )

@@ -60,7 +60,6 @@ def build(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides) -> Pro
         "heteroskedastic",
         data,
         HeteroskedasticGaussian(),
-        "heteroskedastic",
         s,
         num_latent=2,
         truth=truth,

@@ -72,7 +72,7 @@ def build(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides) -> Pro
     parameters are frozen (``requires_grad=False``) so that only q is optimised.
     """
     from natvi.gp import SVGP
-    from natvi.likelihoods import Bernoulli, Gaussian
+    from natvi.likelihoods import by_name
     from natvi.parameterizations import Natural
 
     s = check_overrides("ill_conditioned", overrides, DEFAULTS) | {"seed": seed, "dtype": dtype}
@@ -81,10 +81,8 @@ def build(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides) -> Pro
     )
     Z = torch.linspace(0.0, 1.0, s["num_inducing"], dtype=dtype)[:, None]
     lengthscale = torch.full((1,), float(s["lengthscale"]), dtype=dtype)
-    if s["likelihood"] == "gaussian":
-        likelihood, params = Gaussian(noise=s["noise"]), {"noise": s["noise"]}
-    else:
-        likelihood, params = Bernoulli(link="probit"), {}
+    params = {"noise": s["noise"]} if s["likelihood"] == "gaussian" else {"link": "probit"}
+    likelihood = by_name(s["likelihood"], **params)
     model = SVGP(
         kernel=ard_kernel(lengthscale, s["outputscale"]),
         likelihood=likelihood.to(dtype=dtype),

@@ -47,4 +47,4 @@ def build(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides) -> Pro
     s = check_overrides("poisson_counts", overrides, DEFAULTS) | {"seed": seed, "dtype": dtype}
     data = make_data(s["num_data"], s["num_test"], seed)
     rate = torch.as_tensor(np.exp(true_log_rate(data[2][:, 0])), dtype=dtype)
-    return assemble("poisson_counts", data, Poisson(), "poisson", s, truth={"rate_test": rate})
+    return assemble("poisson_counts", data, Poisson(), s, truth={"rate_test": rate})

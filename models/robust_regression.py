@@ -62,7 +62,6 @@ def build(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides) -> Pro
         "robust_regression",
         data,
         StudentT(**params),
-        "studentt",
         s,
         params,
         truth={"f_test": f_test},

@@ -41,4 +41,4 @@ def build(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides) -> Pro
 
     s = check_overrides("two_moons", overrides, DEFAULTS) | {"seed": seed, "dtype": dtype}
     data = make_data(s["num_data"], s["noise"], s["test_fraction"], seed)
-    return assemble("two_moons", data, Bernoulli(link=s["link"]), "bernoulli", s)
+    return assemble("two_moons", data, Bernoulli(link=s["link"]), s)

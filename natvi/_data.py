@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from natvi.likelihoods.registry import check_targets, entry, trainable_names
+
 __all__ = [
     "DataError",
     "Table",
@@ -22,8 +24,13 @@ __all__ = [
     "check_target",
 ]
 
-LIKELIHOODS = ("bernoulli", "softmax", "gaussian", "studentt", "poisson")
-"""The ``--likelihood`` choices of ``natvi fit`` / ``natvi compare``."""
+LIKELIHOODS = trainable_names()
+"""The ``--likelihood`` choices of ``natvi fit`` / ``natvi compare`` (from the likelihood
+vocabulary, :mod:`natvi.likelihoods.registry`)."""
+
+MAX_INFERRED_CLASSES = 20
+"""More distinct integer values than this are not taken for class labels without
+``--likelihood``: they may as well be counts or measurements."""
 
 _MISSING = {"", "na", "nan", "null", "none", "?"}
 
@@ -140,46 +147,67 @@ def read_csv(path: str | Path) -> Table:
 
 
 def infer_likelihood(table: Table, target: str) -> str:
-    """The default likelihood for ``target``: classification for non-numeric labels or exactly two
-    distinct values (``bernoulli``; ``softmax`` for more string classes), otherwise ``gaussian``."""
-    y = table.labels(target)
-    n_classes = len(np.unique(y.astype(str)))
-    if y.dtype == object:
-        return "bernoulli" if n_classes <= 2 else "softmax"
-    return "bernoulli" if n_classes <= 2 else "gaussian"
+    """The likelihood for ``target`` when ``--likelihood`` is not given, as scikit-learn reads
+    the column (:func:`sklearn.utils.multiclass.type_of_target`): two distinct values →
+    ``bernoulli``; more distinct labels (strings, or integers such as 0/1/2) → ``softmax``;
+    real values → ``gaussian``. More than :data:`MAX_INFERRED_CLASSES` distinct integers are
+    ambiguous (labels, counts or measurements?): :class:`DataError` asks for ``--likelihood``."""
+    from sklearn.utils.multiclass import type_of_target
+
+    cells = table.column(target)
+    table.labels(target)  # a missing label is an error whatever the task
+    try:
+        y = np.array([float(c) for c in cells])
+    except ValueError:
+        y = np.array(cells, dtype=object)
+    kind = type_of_target(y)
+    n_classes = len(np.unique(y))
+    if kind == "multiclass" and y.dtype != object and n_classes > MAX_INFERRED_CLASSES:
+        raise DataError(
+            f"{table.path}: target {target!r} holds {n_classes} distinct integers: class labels, "
+            "counts or measurements? Say which with --likelihood softmax (classes), poisson "
+            "(counts) or gaussian (real values)."
+        )
+    inferred = {"binary": "bernoulli", "multiclass": "softmax", "continuous": "gaussian"}
+    if kind not in inferred:
+        raise DataError(
+            f"{table.path}: cannot tell what target {target!r} is (scikit-learn reads it as "
+            f"{kind!r}); choose --likelihood {{{','.join(LIKELIHOODS)}}}."
+        )
+    return inferred[kind]
 
 
 def check_target(table: Table, target: str, likelihood: str) -> np.ndarray:
-    """The target column, checked against what ``likelihood`` can take.
+    """The target column, checked against what ``likelihood`` can take (the likelihood's own
+    :meth:`~natvi.likelihoods.Likelihood.check_targets`) and against what the estimators train.
 
-    Returns class labels (``bernoulli``/``softmax``), float64 values (``gaussian``/``studentt``)
-    or non-negative integer counts (``poisson``).
+    Returns class labels (``bernoulli``/``softmax``/``robustmax``), float64 values
+    (``gaussian``/``studentt``) or non-negative integer counts (``poisson``).
     """
     if likelihood not in LIKELIHOODS:
         raise DataError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}.")
     where = f"{table.path}: target {target!r}"
-    if likelihood in ("bernoulli", "softmax"):
-        y = table.labels(target)
-        classes = np.unique(y.astype(str))
-        if len(classes) < 2:
+    task = entry(likelihood).task
+    if task in ("binary", "multiclass"):
+        y = _checked(likelihood, table.labels(target), where)
+        n_classes = len(np.unique(y.astype(str)))
+        if task == "multiclass" and n_classes == 2:
             raise DataError(
-                f"{where} has a single class ({classes[0]!r}); a classifier needs at least two."
-            )
-        if likelihood == "bernoulli" and len(classes) > 2:
-            raise DataError(
-                f"{where} has {len(classes)} classes but the bernoulli likelihood takes two; "
-                "use --likelihood softmax."
+                f"{where} has 2 classes: natvi trains two classes with one latent GP and the "
+                f"bernoulli likelihood, not {likelihood}; use --likelihood bernoulli (or leave "
+                "--likelihood out)."
             )
         return y
-    y = table.numeric(target, what="target")
-    if likelihood == "poisson":
-        if np.any(y < 0) or np.any(y != np.round(y)):
-            bad = y[(y < 0) | (y != np.round(y))][0]
-            raise DataError(
-                f"{where} holds {bad:g}, but the poisson likelihood takes non-negative integer "
-                "counts; use --likelihood gaussian for real-valued targets."
-            )
+    y = _checked(likelihood, table.numeric(target, what="target"), where)
+    if task == "counts":
         return y.astype(np.int64)
     if np.ptp(y) == 0:
         raise DataError(f"{where} is constant ({y[0]:g}); there is nothing to regress.")
     return y
+
+
+def _checked(likelihood: str, y: np.ndarray, where: str) -> np.ndarray:
+    try:
+        return check_targets(likelihood, y, where, suggest="--likelihood {}")
+    except ValueError as err:
+        raise DataError(str(err)) from None

@@ -32,6 +32,7 @@ from pathlib import Path
 import natvi
 from natvi._data import LIKELIHOODS, DataError
 from natvi._io import WriteError, atomic_write_text, check_output_dir, check_output_file
+from natvi.likelihoods.registry import entry
 
 __all__ = ["main", "CLIError", "build_parser"]
 
@@ -104,7 +105,13 @@ def _read_labelled(args: argparse.Namespace):
     from natvi._data import check_target, infer_likelihood, read_csv
 
     table = read_csv(args.data)
-    likelihood = args.likelihood or infer_likelihood(table, args.target)
+    likelihood = args.likelihood
+    if likelihood is None:
+        likelihood = infer_likelihood(table, args.target)
+        kind = {"binary": "two classes", "multiclass": "class labels"}.get(
+            entry(likelihood).task, "real values")
+        print(f"target {args.target!r} holds {kind}: training with the {likelihood} likelihood "
+              "(choose another with --likelihood)")
     return table, likelihood, check_target(table, args.target, likelihood)
 
 
@@ -114,11 +121,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out = _writable_dir(args.out, "--out")
     table, likelihood, y = _read_labelled(args)
     X = table.features(exclude=args.target)
-    task = "classification" if likelihood in ("bernoulli", "softmax") else "regression"
-    print(f"natvi compare: {args.data} ({len(y)} rows, {X.shape[1]} features), {likelihood}.")
-    run_comparison(X, y, task=task, likelihood=likelihood, out=out, args=args,
-                   title=f"{Path(args.data).name}, target {args.target!r}")
+    task = "classification" if entry(likelihood).task in ("binary", "multiclass") else "regression"
+    print(f"natvi compare: {args.data} ({len(y)} rows, {X.shape[1]} features), "
+          f"likelihood {likelihood}.")
+    with _data_errors(args.data):
+        run_comparison(X, y, task=task, likelihood=likelihood, out=out, args=args,
+                       title=f"{Path(args.data).name}, target {args.target!r}")
     return 0
+
+
+@contextlib.contextmanager
+def _data_errors(path: Path) -> Iterator[None]:
+    """A ``ValueError`` raised by an estimator about the data (e.g. features that cannot be
+    standardised) becomes one line naming the file."""
+    try:
+        yield
+    except ValueError as err:
+        raise CLIError(f"{path}: {err}") from None
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -133,14 +152,24 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         likelihood, num_inducing=args.inducing, method=args.method, random_state=args.seed,
         progress=not args.no_progress, **limit,
     )
-    est.fit(X, y)
+    with _data_errors(args.data):
+        est.fit(X, y)
     est.feature_names_ = names
     est.save(out)
-    print(f"fitted {type(est).__name__} ({likelihood}) on {len(y)} rows, {X.shape[1]} features, "
+    print(f"fitted {type(est).__name__} ({_trained(est)}) on {len(y)} rows, {X.shape[1]} features, "
           f"{est.inducing_points_.shape[0]} inducing points: {est.n_iter_} iterations, "
           f"final ELBO {est.elbo_:.4g}, training score {est.score(X, y):.4f}")
     print(f"model saved to {out}")
     return 0
+
+
+def _trained(est) -> str:
+    """What ``est`` actually trained: its likelihood's name, and the classes of a classifier."""
+    from natvi.likelihoods import name_of
+
+    name = name_of(est.model_.likelihood)
+    classes = getattr(est, "classes_", None)
+    return name if classes is None else f"{name}, {len(classes)} classes"
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -193,6 +222,11 @@ def _add_common_fit_args(p: argparse.ArgumentParser, inducing: int) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+_LIKELIHOOD_HELP = (
+    "default: inferred from the target as scikit-learn's type_of_target reads it: two distinct "
+    "values -> bernoulli, more class labels (strings, or integers such as 0/1/2) -> softmax, "
+    "real values -> gaussian"
+)
 _TORCHRUN_HELP = (
     "'natvi fit', 'natvi compare' and 'natvi demo' can be launched by torchrun, e.g. "
     "'torchrun --nproc-per-node 2 -m natvi fit data.csv --target y' (or 'torchrun "
@@ -260,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("data", type=Path, help="CSV file with a header row")
     cmp_.add_argument("--target", required=True, help="name of the column to predict")
     cmp_.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
-                      help="default: bernoulli/softmax for class labels, else gaussian")
+                      help=_LIKELIHOOD_HELP)
     cmp_.add_argument("--out", type=Path, default=Path("natvi-compare"),
                       help="folder for the plot and CSV (default natvi-compare/)")
     cmp_.add_argument("--test-size", type=_fraction, default=0.3,

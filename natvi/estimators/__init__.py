@@ -23,6 +23,7 @@ from natvi.estimators._base import (
 )
 from natvi.estimators.classifier import SparseGPClassifier
 from natvi.estimators.regressors import SparseGPCountRegressor, SparseGPRegressor
+from natvi.likelihoods.registry import entry
 
 __all__ = [
     "SparseGPClassifier",
@@ -39,18 +40,21 @@ _CLASSES = {c.__name__: c for c in (SparseGPClassifier, SparseGPRegressor, Spars
 
 
 def make_estimator(likelihood: str, **params: Any) -> SparseGPBase:
-    """The estimator for a likelihood name: ``bernoulli``/``softmax`` → classifier,
-    ``gaussian``/``studentt`` → :class:`SparseGPRegressor`, ``poisson`` → count regressor."""
-    if likelihood in ("bernoulli", "softmax"):
-        return SparseGPClassifier(**params)
-    if likelihood in ("gaussian", "studentt"):
-        return SparseGPRegressor(likelihood=likelihood, **params)
-    if likelihood == "poisson":
-        return SparseGPCountRegressor(**params)
-    raise ValueError(
-        f"unknown likelihood {likelihood!r}; choose bernoulli, softmax, gaussian, studentt or "
-        "poisson."
-    )
+    """The estimator that trains the likelihood named ``likelihood`` (the vocabulary of
+    :mod:`natvi.likelihoods.registry`): ``bernoulli``/``softmax``/``robustmax`` →
+    :class:`SparseGPClassifier` (``multiclass`` set from the name), ``gaussian``/``studentt`` →
+    :class:`SparseGPRegressor`, ``poisson`` → :class:`SparseGPCountRegressor`."""
+    e = entry(likelihood)
+    if e.estimator is None:
+        raise ValueError(
+            f"no estimator trains the {likelihood} likelihood; build a model by hand, e.g. "
+            f"natvi.gp.SVGP(..., likelihood=natvi.likelihoods.by_name({likelihood!r}))."
+        )
+    if e.task == "multiclass":
+        params = {"multiclass": likelihood, **params}
+    elif e.estimator == "SparseGPRegressor":
+        params = {"likelihood": likelihood, **params}
+    return _CLASSES[e.estimator](**params)
 
 
 def load(path: str | Path) -> SparseGPBase:

@@ -56,6 +56,28 @@ def kmeans_inducing_points(X: np.ndarray, M: int, seed: int) -> np.ndarray:
     return km.cluster_centers_
 
 
+def _mean_and_scale(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation ``[D]`` (1 for a constant feature). Features so
+    large that their squares overflow (|x| ≳ 1e154) are first divided by their largest
+    magnitude; a feature whose mean or scale still is not finite is a ``ValueError``."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, scale = X.mean(axis=0), X.std(axis=0)
+        bad = ~(np.isfinite(mean) & np.isfinite(scale))
+        if bad.any():
+            big = np.max(np.abs(X[:, bad]), axis=0)
+            mean[bad] = (X[:, bad] / big).mean(axis=0) * big
+            scale[bad] = (X[:, bad] / big).std(axis=0) * big
+    bad = ~(np.isfinite(mean) & np.isfinite(scale))
+    if bad.any():
+        cols = np.flatnonzero(bad)
+        raise ValueError(
+            f"cannot standardise X: feature(s) {cols.tolist()} hold values up to "
+            f"{np.max(np.abs(X[:, cols])):.3g}, whose mean or spread overflows float64; rescale "
+            "them (e.g. divide by a power of ten) or check them for errors."
+        )
+    return mean, np.where(scale > 0, scale, 1.0)
+
+
 class SparseGPBase(BaseEstimator):
     """Shared machinery of :class:`~natvi.SparseGPClassifier` and the regressors.
 
@@ -89,7 +111,18 @@ class SparseGPBase(BaseEstimator):
         return {"dtype": _DTYPES[self.dtype], "device": torch.device(self.device or "cpu")}
 
     def _standardize(self, X: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor((X - self.x_mean_) / self.x_scale_, **self._torch_kw)
+        """``(X − x_mean_) / x_scale_`` as a tensor; ``ValueError`` if that is not finite."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            Xs = torch.as_tensor((X - self.x_mean_) / self.x_scale_, **self._torch_kw)
+        if not bool(torch.isfinite(Xs).all()):
+            cols = np.flatnonzero(~torch.isfinite(Xs).all(0).cpu().numpy())
+            raise ValueError(
+                f"standardising X gave non-finite values in feature(s) {cols.tolist()} (values "
+                f"up to {np.max(np.abs(X[:, cols])):.3g} against a training scale of "
+                f"{self.x_scale_[cols].min():.3g}, in {self.dtype}); rescale those features "
+                "(e.g. divide by a power of ten) or check them for errors."
+            )
+        return Xs
 
     def _validate_X(self, X: Any) -> torch.Tensor:
         check_is_fitted(self, "model_")
@@ -132,9 +165,7 @@ class SparseGPBase(BaseEstimator):
         self._check_settings()
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(2**31 - 1))
-        self.x_mean_ = X.mean(axis=0)
-        scale = X.std(axis=0)
-        self.x_scale_ = np.where(scale > 0, scale, 1.0)
+        self.x_mean_, self.x_scale_ = _mean_and_scale(X)
         Xs = self._standardize(X)
         Z = kmeans_inducing_points(Xs.cpu().numpy(), int(self.num_inducing), seed)
         torch.manual_seed(seed)

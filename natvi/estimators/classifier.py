@@ -12,6 +12,7 @@ from sklearn.utils.validation import validate_data
 
 from natvi.estimators._base import TRAINING_DEFAULTS as _D
 from natvi.estimators._base import SparseGPBase
+from natvi.likelihoods.registry import by_name, check_targets, entry, names
 
 __all__ = ["SparseGPClassifier"]
 
@@ -95,30 +96,27 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
         n = len(self.classes_)
         return 1 if n == 2 else n
 
-    def _make_likelihood(self):
-        from natvi import likelihoods
+    def _likelihood_name(self) -> str:
+        """The likelihood trained: ``bernoulli`` for two classes, else ``multiclass``."""
+        return "bernoulli" if len(self.classes_) <= 2 else self.multiclass
 
+    def _make_likelihood(self):
         if len(self.classes_) == 2:
-            return likelihoods.Bernoulli(link=self.link)
-        if self.multiclass == "robustmax":
-            return likelihoods.RobustMax(num_classes=len(self.classes_))
-        return likelihoods.Softmax(num_classes=len(self.classes_))
+            return by_name("bernoulli", link=self.link)
+        return by_name(self.multiclass, num_classes=len(self.classes_))
 
     def fit(self, X: Any, y: Any) -> SparseGPClassifier:
         """Fit to inputs ``X [N, D]`` and labels ``y [N]`` (any hashable labels); returns self."""
         self._check_settings()
         if self.link not in ("probit", "logit"):
             raise ValueError(f"link must be 'probit' or 'logit', got {self.link!r}.")
-        if self.multiclass not in ("softmax", "robustmax"):
-            raise ValueError(f"multiclass must be 'softmax' or 'robustmax', got {self.multiclass!r}.")
+        multiclass = [n for n in names() if entry(n).task == "multiclass"]
+        if self.multiclass not in multiclass:
+            raise ValueError(f"multiclass must be one of {multiclass}, got {self.multiclass!r}.")
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(
-                f"y has only one class ({self.classes_[0]!r}); a classifier needs at least two "
-                "classes, so check the labels."
-            )
+        check_targets(self._likelihood_name(), y)
         dtype = self._torch_kw["dtype"] if len(self.classes_) == 2 else torch.long
         self._fit_model(X, torch.as_tensor(y_idx, dtype=dtype))
         return self
@@ -140,8 +138,9 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
         """Class probabilities ``[N, C]``, integrated over q(f) (columns follow ``classes_``).
 
         Two classes: ``∫ p(y=1|f) q(f) df`` by the likelihood (closed form for the probit link,
-        Gauss–Hermite for the logit). Softmax: Monte Carlo with ``2 × 500`` antithetic draws
-        shared by every row, so a row's probabilities do not depend on the other rows.
+        Gauss–Hermite for the logit). More classes: the likelihood's own ``predict_proba``
+        (softmax: Monte Carlo with ``2 × 500`` antithetic draws shared by every row, so a row's
+        probabilities do not depend on the other rows; robustmax: 1-D quadrature).
         """
         Xs = self._validate_X(X)
         with torch.no_grad():
@@ -150,14 +149,7 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
                 p, _ = self.model_.likelihood.predict_mean_and_var(mean, var)
                 p = p.cpu().numpy().astype(np.float64).reshape(-1)
                 return np.column_stack([1.0 - p, p])
-            if self.multiclass == "robustmax":
-                p, _ = self.model_.likelihood.predict_mean_and_var(mean, var)
-            else:
-                g = torch.Generator(device=mean.device).manual_seed(0)
-                eps = torch.randn(500, 1, mean.shape[-1], generator=g, dtype=mean.dtype,
-                                  device=mean.device)
-                eps = torch.cat([eps, -eps])
-                p = torch.softmax(mean + var.clamp_min(0).sqrt() * eps, dim=-1).mean(0)
+            p = self.model_.likelihood.predict_proba(mean, var)
         p = p.cpu().numpy().astype(np.float64)
         return p / p.sum(axis=1, keepdims=True)
 

@@ -12,6 +12,7 @@ from sklearn.utils.validation import validate_data
 
 from natvi.estimators._base import TRAINING_DEFAULTS as _D
 from natvi.estimators._base import SparseGPBase
+from natvi.likelihoods.registry import check_targets
 
 __all__ = ["SparseGPRegressor", "SparseGPCountRegressor"]
 
@@ -173,11 +174,7 @@ class SparseGPCountRegressor(_RegressorBase):
         """Fit to ``X [N, D]`` and non-negative integer counts ``y [N]``; returns self."""
         self._check_settings()
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
-        if np.any(y < 0) or np.any(y != np.round(y)):
-            raise ValueError(
-                "y must hold non-negative integer counts for the Poisson likelihood; use "
-                "SparseGPRegressor for real-valued targets."
-            )
+        check_targets("poisson", y, suggest="SparseGPRegressor(likelihood={!r})")
         self._fit_model(X, torch.as_tensor(y, dtype=self._torch_kw["dtype"]),
                         mean_init=math.log(max(float(y.mean()), 1e-3)))
         return self

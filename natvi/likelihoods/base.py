@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -124,6 +125,14 @@ class _GaussHermite1D(torch.autograd.Function):
         return grad * g_mean, grad * g_var, None, None, None, None
 
 
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def positive(raw: Tensor) -> Tensor:
     """The positivity constraint of likelihood parameters: ``softplus(raw)``."""
     return nn.functional.softplus(raw)
@@ -154,6 +163,9 @@ class Likelihood(nn.Module):
     """
 
     num_latent: int = 1
+    task: ClassVar[str] = "regression"
+    """What the targets are: ``"regression"`` (real values), ``"counts"``, ``"binary"`` or
+    ``"multiclass"`` (class labels)."""
 
     def __init__(self, num_gh: int = 20) -> None:
         super().__init__()
@@ -186,7 +198,40 @@ class Likelihood(nn.Module):
     def check_y(self, y: Tensor) -> Tensor:
         """Validate labels ``y [N]`` (``ValueError`` outside the support); return them as used."""
         check_finite("y", y)
+        self._check_support(y, "y", "the {} likelihood")
         return y
+
+    @classmethod
+    def check_targets(cls, y: Any, name: str = "y", suggest: str = "the {} likelihood") -> np.ndarray:
+        """Check a user's raw targets ``y [N]`` (array-like, before any encoding) for this
+        likelihood; return them as used to train (float64 values here; class labels for the
+        classification likelihoods, which override this).
+
+        Raises ``ValueError`` naming ``name`` (e.g. ``"y"``, or ``"data.csv: target 'label'"``)
+        if a value is not numeric, not finite, or outside the likelihood's support; another
+        likelihood is suggested through ``suggest`` (``"--likelihood {}"`` at the command line).
+        """
+        arr = np.asarray(y)
+        try:
+            values = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            bad = next(v for v in arr.reshape(-1) if not _is_number(v))
+            bad = bad.item() if isinstance(bad, np.generic) else bad
+            raise ValueError(
+                f"{name} is not numeric (it holds {bad!r}), but the {cls.__name__} likelihood "
+                f"takes numbers; for class labels use {suggest.format('bernoulli')} or "
+                f"{suggest.format('softmax')}."
+            ) from None
+        if not np.isfinite(values).all():
+            bad = values[~np.isfinite(values)][0]
+            raise ValueError(f"{name} holds a non-finite value ({bad}); remove or replace it.")
+        cls._check_support(torch.from_numpy(values), name, suggest)
+        return values
+
+    @classmethod
+    def _check_support(cls, y: Tensor, name: str, suggest: str) -> None:
+        """Raise ``ValueError`` if a finite target in ``y`` lies outside the support (the one
+        place a likelihood states its support, for :meth:`check_y` and :meth:`check_targets`)."""
 
     def conditional_mean(self, F: Tensor) -> Tensor:
         """``E[y | F]`` for ``F [..., N]`` (or ``[..., N, L]``)."""

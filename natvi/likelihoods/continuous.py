@@ -12,7 +12,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from natvi._validation import check_finite
 from natvi.likelihoods.base import Likelihood, inv_positive, positive
 
 __all__ = ["Gaussian", "StudentT", "HeteroskedasticGaussian", "Beta", "Gamma"]
@@ -121,16 +120,6 @@ class HeteroskedasticGaussian(Likelihood):
         return m1, v1 + torch.exp(2.0 * m2 + 2.0 * v2)
 
 
-def _check_open_unit(y: Tensor) -> Tensor:
-    check_finite("y", y)
-    if not bool(((y > 0) & (y < 1)).all()):
-        raise ValueError(
-            "y must lie strictly inside (0, 1) for the Beta likelihood; got values in "
-            f"[{float(y.min()):g}, {float(y.max()):g}]. Clip or rescale the data."
-        )
-    return y
-
-
 class Beta(Likelihood):
     """``y | f ~ Beta(a, b)`` on (0, 1) with mean ``μ = sigmoid(f)``, ``a = φ μ``, ``b = φ (1 − μ)``.
 
@@ -146,8 +135,13 @@ class Beta(Likelihood):
     def precision(self) -> Tensor:
         return positive(self.raw_precision)
 
-    def check_y(self, y: Tensor) -> Tensor:
-        return _check_open_unit(y)
+    @classmethod
+    def _check_support(cls, y: Tensor, name: str, suggest: str) -> None:
+        if not bool(((y > 0) & (y < 1)).all()):
+            raise ValueError(
+                f"{name} must lie strictly inside (0, 1) for the Beta likelihood; got values in "
+                f"[{float(y.min()):g}, {float(y.max()):g}]. Clip or rescale the data."
+            )
 
     def log_prob(self, F: Tensor, y: Tensor) -> Tensor:
         phi = self.precision
@@ -180,13 +174,13 @@ class Gamma(Likelihood):
     def shape(self) -> Tensor:
         return positive(self.raw_shape)
 
-    def check_y(self, y: Tensor) -> Tensor:
-        check_finite("y", y)
+    @classmethod
+    def _check_support(cls, y: Tensor, name: str, suggest: str) -> None:
         if not bool((y > 0).all()):
             raise ValueError(
-                f"y must be strictly positive for the Gamma likelihood; got min {float(y.min()):g}."
+                f"{name} must be strictly positive for the Gamma likelihood; got min "
+                f"{float(y.min()):g}."
             )
-        return y
 
     def log_prob(self, F: Tensor, y: Tensor) -> Tensor:
         k = self.shape

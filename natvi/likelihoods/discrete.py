@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from natvi._validation import check_finite
 from natvi.likelihoods.base import Likelihood
 
-__all__ = ["Bernoulli", "Poisson"]
+__all__ = ["Bernoulli", "Poisson", "class_labels"]
+
+
+def class_labels(y: Any, name: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """``(labels [N], classes [C])`` of raw class labels; ``ValueError`` naming ``name`` for a
+    NaN label or fewer than two classes."""
+    labels = np.asarray(y)
+    if labels.ndim != 1:
+        raise ValueError(f"{name} must be one label per row ([N]); got shape {labels.shape}.")
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        raise ValueError(f"{name} holds a NaN or infinite label; drop unlabelled rows first.")
+    classes = np.unique(labels.astype(str)) if labels.dtype == object else np.unique(labels)
+    if len(classes) < 2:
+        first = classes[0].item() if len(classes) else None
+        raise ValueError(
+            f"{name} holds a single class ({first!r}): with only one class there is nothing to "
+            "classify; a classifier needs at least two classes, so check the labels."
+        )
+    return labels, classes
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _TAIL = -5.0
@@ -41,11 +61,24 @@ class Bernoulli(Likelihood):
         >>> lik = Bernoulli(link="logit")
     """
 
+    task = "binary"
+
     def __init__(self, link: str = "probit", num_gh: int = 20) -> None:
         super().__init__(num_gh)
         if link not in ("probit", "logit"):
             raise ValueError(f"link must be 'probit' or 'logit'; got {link!r}.")
         self.link = link
+
+    @classmethod
+    def check_targets(cls, y: Any, name: str = "y", suggest: str = "the {} likelihood") -> np.ndarray:
+        """Class labels ``y [N]`` of exactly two classes (any labels: strings, ±1, 0/1, ...)."""
+        labels, classes = class_labels(y, name)
+        if len(classes) != 2:
+            raise ValueError(
+                f"{name} has {len(classes)} classes but the bernoulli likelihood takes two; "
+                f"use {suggest.format('softmax')}."
+            )
+        return labels
 
     def check_y(self, y: Tensor) -> Tensor:
         check_finite("y", y)
@@ -112,15 +145,16 @@ class Poisson(Likelihood):
     ``Var[y] = E[y] + (exp(v) − 1) exp(2μ + v)``.
     """
 
-    def check_y(self, y: Tensor) -> Tensor:
-        check_finite("y", y)
+    task = "counts"
+
+    @classmethod
+    def _check_support(cls, y: Tensor, name: str, suggest: str) -> None:
         if not bool(((y >= 0) & (y == torch.round(y))).all()):
             bad = y[(y < 0) | (y != torch.round(y))][0]
             raise ValueError(
-                f"y must hold non-negative integer counts for the Poisson likelihood; found "
-                f"{float(bad):g}."
+                f"{name} holds {float(bad):g}, but the Poisson likelihood takes non-negative "
+                f"integer counts; for real-valued targets use {suggest.format('gaussian')}."
             )
-        return y
 
     def log_prob(self, F: Tensor, y: Tensor) -> Tensor:
         return y * F - torch.exp(F) - torch.lgamma(y + 1.0)

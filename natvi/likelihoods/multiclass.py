@@ -7,12 +7,15 @@ Labels are class indices ``y [N]`` in ``{0, ..., C − 1}`` (integer or integer-
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from natvi._validation import check_finite
 from natvi.likelihoods.base import Likelihood, gauss_hermite
+from natvi.likelihoods.discrete import class_labels
 
 __all__ = ["Softmax", "RobustMax"]
 
@@ -30,6 +33,13 @@ def _check_classes(y: Tensor, num_classes: int, name: str) -> Tensor:
 
 
 class _MultiClass(Likelihood):
+    task = "multiclass"
+
+    @classmethod
+    def check_targets(cls, y: Any, name: str = "y", suggest: str = "the {} likelihood") -> np.ndarray:
+        """Class labels ``y [N]`` of at least two classes (any labels: strings, integers, ...)."""
+        return class_labels(y, name)[0]
+
     def __init__(self, num_classes: int, num_gh: int) -> None:
         super().__init__(num_gh)
         if int(num_classes) < 2:
@@ -76,14 +86,16 @@ class Softmax(_MultiClass):
         idx = y.long().expand(F.shape[:-1]).unsqueeze(-1)
         return F.gather(-1, idx).squeeze(-1) - torch.logsumexp(F, dim=-1)
 
-    def _samples(self, f_mean: Tensor, f_var: Tensor) -> Tensor:
+    def _draws(self, num_samples: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """``[2 num_samples, *shape]`` antithetic standard-normal draws (seeded by ``seed``)."""
         g = None
         if self.seed is not None:
-            g = torch.Generator(device=f_mean.device).manual_seed(int(self.seed))
-        eps = torch.randn(
-            self.num_samples, *f_mean.shape, generator=g, dtype=f_mean.dtype, device=f_mean.device
-        )
-        eps = torch.cat([eps, -eps], dim=0)
+            g = torch.Generator(device=like.device).manual_seed(int(self.seed))
+        eps = torch.randn(num_samples, *shape, generator=g, dtype=like.dtype, device=like.device)
+        return torch.cat([eps, -eps], dim=0)
+
+    def _samples(self, f_mean: Tensor, f_var: Tensor) -> Tensor:
+        eps = self._draws(self.num_samples, tuple(f_mean.shape), f_mean)
         return f_mean + f_var.clamp_min(0).sqrt() * eps  # [2S, N, C]
 
     def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
@@ -93,9 +105,15 @@ class Softmax(_MultiClass):
         lp = self.log_prob(self._samples(f_mean, f_var), y)
         return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
 
-    def predict_proba(self, f_mean: Tensor, f_var: Tensor) -> Tensor:
-        """``E_q[softmax(f)]`` ``[N, C]`` by the same Monte Carlo draws."""
-        return torch.softmax(self._samples(f_mean, f_var), dim=-1).mean(0)
+    def predict_proba(self, f_mean: Tensor, f_var: Tensor, num_samples: int = 500) -> Tensor:
+        """``E_q[softmax(f)]`` ``[N, C]`` by Monte Carlo with ``num_samples`` antithetic pairs of
+        ``C``-dimensional draws shared by every row (seeded by ``seed``), so that a row's
+        probabilities do not depend on the other rows of the batch. Predictions are cheap next to
+        training, hence more draws than the ELBO's ``num_samples`` by default."""
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
+        eps = self._draws(int(num_samples), (1, self.num_latent), f_mean)  # [2S, 1, C]
+        return torch.softmax(f_mean + f_var.clamp_min(0).sqrt() * eps, dim=-1).mean(0)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_latent}, num_samples={self.num_samples}, seed={self.seed}"
