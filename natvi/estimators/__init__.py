@@ -52,7 +52,7 @@ def make_estimator(likelihood: str, **params: Any) -> SparseGPBase:
         )
     if e.task == "multiclass":
         params = {"multiclass": likelihood, **params}
-    elif e.estimator == "SparseGPRegressor":
+    elif e.task in ("regression", "counts"):
         params = {"likelihood": likelihood, **params}
     return _CLASSES[e.estimator](**params)
 

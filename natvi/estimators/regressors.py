@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from sklearn.utils.validation import validate_data
 
 from natvi.estimators._base import TRAINING_DEFAULTS as _D
 from natvi.estimators._base import SparseGPBase
-from natvi.likelihoods.registry import check_targets
+from natvi.likelihoods.registry import by_name, check_targets
 
 __all__ = ["SparseGPRegressor", "SparseGPCountRegressor"]
 
@@ -27,10 +27,17 @@ _SETTINGS_DOC = """
 
 
 class _RegressorBase(RegressorMixin, SparseGPBase):
+    """The constructor and prediction plumbing both regressors share; each subclass lists the
+    likelihoods it trains in ``_LIKELIHOODS`` (name → initial parameters; the first is the
+    default, used when ``likelihood=None``)."""
+
+    _LIKELIHOODS: ClassVar[dict[str, dict[str, float]]]
+
     def __init__(
         self,
         num_inducing: int = 50,
         *,
+        likelihood: str | None = None,
         kernel: str = "rbf",
         ard: bool = False,
         method: str = "natgrad",
@@ -46,6 +53,7 @@ class _RegressorBase(RegressorMixin, SparseGPBase):
         progress: bool = False,
     ) -> None:
         self.num_inducing = num_inducing
+        self.likelihood = likelihood
         self.kernel = kernel
         self.ard = ard
         self.method = method
@@ -62,6 +70,22 @@ class _RegressorBase(RegressorMixin, SparseGPBase):
 
     def _num_latent(self) -> int:
         return 1
+
+    def _likelihood_name(self) -> str:
+        """The likelihood trained: ``likelihood``, or the class's default for ``None``."""
+        return next(iter(self._LIKELIHOODS)) if self.likelihood is None else self.likelihood
+
+    def _make_likelihood(self):
+        name = self._likelihood_name()
+        return by_name(name, **self._LIKELIHOODS[name])
+
+    def _check_likelihood(self) -> None:
+        if self.likelihood is not None and self.likelihood not in self._LIKELIHOODS:
+            raise ValueError(
+                f"likelihood must be one of {list(self._LIKELIHOODS)} (or None: "
+                f"{next(iter(self._LIKELIHOODS))!r}) for {type(self).__name__}, got "
+                f"{self.likelihood!r}."
+            )
 
     def _predict_mean_var(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         Xs = self._validate_X(X)
@@ -83,53 +107,19 @@ class SparseGPRegressor(_RegressorBase):
     is learned.
     ``predict(X, return_std=True)`` gives the predictive mean and standard deviation of y
     (noise included; for Student-t noise the standard deviation of the predictive).
+    ``likelihood``: ``"gaussian"`` (the default, also for ``None``) or ``"studentt"``.
     """ + _SETTINGS_DOC + """
     Example:
         >>> reg = natvi.SparseGPRegressor(likelihood="studentt").fit(X, y)
         >>> mean, std = reg.predict(X_test, return_std=True)     # [N], [N]
     """
 
-    def __init__(
-        self,
-        num_inducing: int = 50,
-        *,
-        likelihood: str = "gaussian",
-        kernel: str = "rbf",
-        ard: bool = False,
-        method: str = "natgrad",
-        max_iter: int = _D["max_iter"],
-        tol: float = _D["tol"],
-        n_iter_no_change: int = _D["n_iter_no_change"],
-        learning_rate: float = _D["learning_rate"],
-        natgrad_lr: float = _D["natgrad_lr"],
-        warmup_iter: int = _D["warmup_iter"],
-        random_state: int | None = None,
-        dtype: str = "float64",
-        device: str | None = None,
-        progress: bool = False,
-    ) -> None:
-        super().__init__(
-            num_inducing, kernel=kernel, ard=ard, method=method, max_iter=max_iter, tol=tol,
-            n_iter_no_change=n_iter_no_change, learning_rate=learning_rate,
-            natgrad_lr=natgrad_lr, warmup_iter=warmup_iter, random_state=random_state,
-            dtype=dtype, device=device, progress=progress,
-        )
-        self.likelihood = likelihood
-
-    def _make_likelihood(self):
-        from natvi import likelihoods
-
-        if self.likelihood == "studentt":
-            return likelihoods.StudentT(scale=0.3)
-        return likelihoods.Gaussian(noise=0.1)
+    _LIKELIHOODS = {"gaussian": {"noise": 0.1}, "studentt": {"scale": 0.3}}
 
     def fit(self, X: Any, y: Any) -> SparseGPRegressor:
         """Fit to ``X [N, D]`` and real targets ``y [N]``; returns self."""
         self._check_settings()
-        if self.likelihood not in ("gaussian", "studentt"):
-            raise ValueError(
-                f"likelihood must be 'gaussian' or 'studentt', got {self.likelihood!r}."
-            )
+        self._check_likelihood()
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         self.y_mean_ = float(y.mean())
         scale = float(y.std())
@@ -158,23 +148,22 @@ class SparseGPCountRegressor(_RegressorBase):
     """Sparse variational GP regression for counts: ``y ~ Poisson(exp f)``.
 
     The GP's constant mean starts at ``log(mean(y))``; ``predict`` returns the predictive mean
-    ``E[y] = E_q[exp f] = exp(μ + σ²/2)``.
+    ``E[y] = E_q[exp f] = exp(μ + σ²/2)``. ``likelihood`` is ``None`` or ``"poisson"`` (the
+    constructor is the one both regressors share).
     """ + _SETTINGS_DOC + """
     Example:
         >>> reg = natvi.SparseGPCountRegressor().fit(X, counts)
         >>> reg.predict(X_test)           # expected counts [N]
     """
 
-    def _make_likelihood(self):
-        from natvi import likelihoods
-
-        return likelihoods.Poisson()
+    _LIKELIHOODS = {"poisson": {}}
 
     def fit(self, X: Any, y: Any) -> SparseGPCountRegressor:
         """Fit to ``X [N, D]`` and non-negative integer counts ``y [N]``; returns self."""
         self._check_settings()
+        self._check_likelihood()
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
-        check_targets("poisson", y, suggest="SparseGPRegressor(likelihood={!r})")
+        check_targets(self._likelihood_name(), y, suggest="SparseGPRegressor(likelihood={!r})")
         self._fit_model(X, torch.as_tensor(y, dtype=self._torch_kw["dtype"]),
                         mean_init=math.log(max(float(y.mean()), 1e-3)))
         return self

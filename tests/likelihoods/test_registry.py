@@ -115,3 +115,16 @@ def test_softmax_predict_proba_is_per_row_and_matches_a_brute_force_average():
     eps = torch.cat([eps, -eps])
     ref = torch.softmax(mean + var.sqrt() * eps, -1).mean(0)
     assert torch.equal(p, ref)  # the draws the classifier used before (seed 0, 500 pairs)
+
+
+def test_the_regressors_share_one_constructor_and_check_their_likelihood():
+    from natvi.estimators import SparseGPCountRegressor, SparseGPRegressor
+
+    assert SparseGPRegressor.__init__ is SparseGPCountRegressor.__init__
+    assert SparseGPRegressor()._likelihood_name() == "gaussian"
+    assert SparseGPCountRegressor()._likelihood_name() == "poisson"
+    X, y = np.arange(4.0)[:, None], np.array([0.0, 1.0, 3.0, 2.0])
+    with pytest.raises(ValueError, match=r"likelihood must be one of \['poisson'\]"):
+        SparseGPCountRegressor(likelihood="gaussian").fit(X, y)
+    with pytest.raises(ValueError, match=r"one of \['gaussian', 'studentt'\]"):
+        SparseGPRegressor(likelihood="poisson").fit(X, y)
