@@ -57,3 +57,13 @@ def test_gpytorch_module_docstring_example_runs_and_learns():
     ns = _run(_docstring_example(natvi.gp.gpytorch.__doc__))
     assert float(ns["loss"]) < 1.0
 
+
+
+def test_readme_pyro_snippet_runs_and_learns():
+    import pyro
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    ns = _run(_readme_block("NaturalSVI("))
+    assert ns["svi"].num_steps == 200 and ns["loss"] < 300  # from ~900 at the initial guide
+    pyro.clear_param_store()

@@ -4,16 +4,14 @@
 that updates the guide's Gaussian ``q = N(m, S)`` with natural-gradient steps computed by
 :func:`natvi.natural_gradient` machinery from the gradients Pyro's ELBO already produces, and the
 model's own params with an ordinary Pyro optimiser. Supported guides: ``AutoMultivariateNormal``,
-``AutoDiagonalNormal``, ``AutoNormal``, and custom guides that declare their Gaussian params
-with :func:`gaussian_guide` or :func:`register_gaussian`.
+``AutoDiagonalNormal``, ``AutoNormal``, an ``AutoGuideList`` of these, and custom guides that
+declare their Gaussian params with :func:`gaussian_guide` or :func:`register_gaussian`.
 
 Example::
 
     import pyro, natvi.pyro
     guide = pyro.infer.autoguide.AutoMultivariateNormal(model)
-    svi = natvi.pyro.NaturalSVI(model, guide, lr=0.5,
-                                loss=pyro.infer.Trace_ELBO(num_particles=16,
-                                                           vectorize_particles=True))
+    svi = natvi.pyro.NaturalSVI(model, guide)   # one particle, Trace_ELBO, decaying step
     for step in range(200):
         loss = svi.step(x, y)
 """
@@ -28,10 +26,11 @@ from natvi.pyro.guides import (
     gaussian_guide,
     register_gaussian,
 )
-from natvi.pyro.svi import NaturalSVI, StepReport
+from natvi.pyro.svi import NaturalSVI, StepReport, default_schedule
 
 __all__ = [
     "NaturalSVI",
+    "default_schedule",
     "StepReport",
     "gaussian_guide",
     "register_gaussian",

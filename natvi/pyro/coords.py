@@ -51,6 +51,7 @@ class LocScaleUnitTril(Parameterization):
     """
 
     names = ("loc", "scale", "scale_tril")
+    constrained = True
 
     def to_natural(self, m: Tensor, s: Tensor, U: Tensor) -> tuple[Tensor, Tensor]:
         return MeanCholesky().to_natural(m, s.unsqueeze(-1) * _unit_lower(U))
@@ -69,6 +70,7 @@ class DiagLocScale(DiagParameterization):
     """Diagonal family, ``ξ = (m, s)`` with ``s`` the standard deviations, both ``[..., M]``."""
 
     names = ("loc", "scale")
+    constrained = True
 
     def to_natural(self, m: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         prec = s.pow(-2)

@@ -8,6 +8,7 @@ param's constraint). Supported guides:
 - ``AutoMultivariateNormal``: one block ``(loc, scale, scale_tril)`` → ``LocScaleUnitTril``;
 - ``AutoDiagonalNormal``: one block ``(loc, scale)`` → ``DiagLocScale``;
 - ``AutoNormal``: one diagonal block per latent site ``(locs.<site>, scales.<site>)``;
+- ``AutoGuideList`` whose parts are all of these: the blocks of each part;
 - any other guide (a function or module, not an ``AutoGuide``) that declares its Gaussian params
   with :func:`gaussian_guide` or :func:`register_gaussian`.
 """
@@ -23,6 +24,7 @@ import torch
 from pyro.infer.autoguide import (
     AutoDiagonalNormal,
     AutoGuide,
+    AutoGuideList,
     AutoMultivariateNormal,
     AutoNormal,
 )
@@ -43,7 +45,8 @@ __all__ = [
 ]
 
 SUPPORTED_GUIDES = (
-    "AutoMultivariateNormal, AutoDiagonalNormal, AutoNormal, or a custom guide that declares its "
+    "AutoMultivariateNormal, AutoDiagonalNormal, AutoNormal, an AutoGuideList of these, or a "
+    "custom guide that declares its "
     "Gaussian pyro.params with natvi.pyro.gaussian_guide / natvi.pyro.register_gaussian"
 )
 
@@ -160,7 +163,12 @@ def gaussian_guide(
 
 
 def check_supported(guide: Callable) -> None:
-    """Raise ``ValueError`` for an ``AutoGuide`` whose latent family natvi cannot handle."""
+    """Raise ``ValueError`` for an ``AutoGuide`` whose latent family natvi cannot handle
+    (an ``AutoGuideList`` is supported when each of its parts is)."""
+    if isinstance(guide, AutoGuideList):
+        for part in guide:
+            check_supported(part)
+        return
     if isinstance(guide, AutoGuide) and not isinstance(
         guide, (AutoMultivariateNormal, AutoDiagonalNormal, AutoNormal)
     ):
@@ -177,6 +185,8 @@ def _transforms(names: tuple[str, ...]) -> list:
 
 
 def _auto_blocks(guide: AutoGuide) -> list[GaussianBlock]:
+    if isinstance(guide, AutoGuideList):
+        return [block for part in guide for block in _auto_blocks(part)]
     store = pyro.get_param_store()
 
     def store_name(attr: str) -> str:
