@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from natvi._linalg import symmetrize
+from natvi._linalg import cholesky, symmetrize
 from natvi._validation import check_finite, check_vector_matrix
 from natvi.linalg.base import DenseOperator, LinearOperator, LowRankPlusDiag, Solver, prepare
 from natvi.linalg.device_model import DeviceModel
@@ -247,8 +247,19 @@ class OU(Solver):
         return Q @ (mu + torch.cat(out))
 
     # ---------------------------------------------------------------- Euler–Maruyama
-    def _check_stability(self, op: LinearOperator) -> None:
+    def _check_stability(self, op: LinearOperator) -> float:
+        """Refuse an ``A`` known not to be positive definite (a dense ``A`` whose Cholesky
+        factorisation fails; any ``A`` whose power-iteration Rayleigh quotient is ≤ 0) and a
+        ``dt`` beyond the stability bound; return ``λ_max``."""
+        if isinstance(op, DenseOperator):
+            cholesky(symmetrize(op.A), "A")
         lam_max, exact = max_eigenvalue(op, self.power_iterations)
+        if lam_max <= 0:
+            raise ValueError(
+                f"A is not positive definite (its largest eigenvalue is {lam_max:.3g}"
+                f"{'' if exact else ' by power iteration'}); the OU process has no stationary "
+                "law and would diverge. Pass a symmetric positive-definite A, or add damping."
+            )
         bound = 2.0 / lam_max
         if self.dt >= bound:
             how = "=" if exact else "≈ (power iteration)"
@@ -257,15 +268,25 @@ class OU(Solver):
                 f"{bound:.4g} (λ_max {how} {lam_max:.4g}); the simulation would diverge. Use "
                 f"dt < {bound:.4g} (e.g. {0.5 * bound:.3g}), or method='exact'."
             )
+        return lam_max
 
     def _euler(self, op, B, X0, noise, keep_trajectory: bool):
-        self._check_stability(op)
+        """Euler–Maruyama; the drift ``r = A x − b`` is watched for divergence (see
+        :meth:`_divergence_limit`) every :data:`_CHECK_EVERY` steps and at the end."""
+        lam_max = self._check_stability(op)
         dt, X = self.dt, X0.clone()
         scale = math.sqrt(2.0 * noise * dt)
         total = torch.zeros_like(B)
         traj = []
-        for step in range(self.burnin + self.num_samples):
-            X = X - dt * (op.matmat(X) - B)
+        limit = None
+        steps = self.burnin + self.num_samples
+        for step in range(steps):
+            drift = op.matmat(X) - B
+            if limit is None:
+                limit = self._divergence_limit(drift, lam_max, noise, op.size)
+            elif step % _CHECK_EVERY == 0:
+                _check_divergence(drift, limit, step, dt)
+            X = X - dt * drift
             if noise > 0:
                 X = X + scale * self._randn(tuple(X.shape), X)
             if step >= self.burnin:
@@ -273,9 +294,43 @@ class OU(Solver):
                     traj.append(X)
                 else:
                     total = total + X
+        if limit is not None:
+            _check_divergence(op.matmat(X) - B, limit, steps, dt)
         if keep_trajectory:
             return torch.stack(traj)
         return total / self.num_samples, X
+
+    def _divergence_limit(self, drift0: Tensor, lam_max: float, noise: float, n: int) -> Tensor:
+        """A bound ``[..., 1, k]`` that the drift norm ``‖A x_t − b‖`` of each run stays under
+        when ``A`` is positive definite.
+
+        Without noise, ``r ← (I − dt A) r`` with ``‖I − dt A‖ ≤ 1`` for ``dt < 2/λ_max``: the
+        drift never grows. With noise it fluctuates around the Euler chain's stationary level,
+        ``E‖r‖² = κ0 tr(A (I − dt A/2)⁻¹) ≤ κ0 n λ_max / (1 − dt λ_max / 2)``. Eight times their
+        sum is exceeded by a positive-definite run with negligible probability (a Gaussian
+        beyond 8σ: about 1e-15); a negative eigenvalue makes the drift grow like
+        ``(1 + dt |λ|)^k`` past it.
+        """
+        level = math.sqrt(noise * n * lam_max / max(1.0 - 0.5 * self.dt * lam_max, 1e-12))
+        norm = torch.linalg.vector_norm(drift0, dim=-2, keepdim=True)
+        return 8.0 * (norm + level) + 1e-12 * (1.0 + torch.linalg.vector_norm(drift0))
+
+
+_CHECK_EVERY = 64
+"""Euler steps between two divergence checks (each check synchronises a GPU)."""
+
+
+def _check_divergence(drift: Tensor, limit: Tensor, step: int, dt: float) -> None:
+    norm = torch.linalg.vector_norm(drift, dim=-2, keepdim=True)
+    bad = ~(norm <= limit)  # also catches NaN and inf
+    if bool(bad.any()):
+        worst = float(norm[bad].max()) if bool(torch.isfinite(norm[bad]).any()) else math.inf
+        raise ValueError(
+            f"the OU trajectory diverged: after {step} Euler steps (t = {step * dt:.3g} τ) the "
+            f"drift ‖A x − b‖ is {worst:.3g}, beyond the {float(limit[bad].max()):.3g} a "
+            "positive-definite A allows; A is not positive definite (or not symmetric). Pass a "
+            "symmetric positive-definite A, or add damping."
+        )
 
 
 def _operator(A: Tensor | LinearOperator) -> LinearOperator:
