@@ -105,15 +105,15 @@ class OptimCase:
     params: list[Tensor]
 
 
-def _natural_gradient_case(parameterization, lr) -> Callable[[], OptimCase]:
+def _natural_gradient_case(parameterization, lr, num_data=None) -> Callable[[], OptimCase]:
     def factory() -> OptimCase:
         X, y = classification_data(N=60)
         model = LogisticReg(3, parameterization)
-        opt = NaturalGradient.for_model(model, lr=lr)
+        opt = NaturalGradient.for_model(model, lr=lr, num_data=num_data)
 
-        def closure() -> Tensor:
+        def closure() -> Tensor:  # with num_data=N, the per-datum loss (GPyTorch's convention)
             opt.zero_grad()
-            loss = -model.elbo(X, y)
+            loss = -model.elbo(X, y) / (num_data or 1)
             loss.backward()
             return loss
 
@@ -124,6 +124,7 @@ def _natural_gradient_case(parameterization, lr) -> Callable[[], OptimCase]:
 
 CASES: list[tuple[str, Callable[[], OptimCase]]] = [
     ("NaturalGradient-Natural-lr0.5", _natural_gradient_case(Natural(), 0.5)),
+    ("NaturalGradient-Natural-num_data", _natural_gradient_case(Natural(), 0.5, num_data=60)),
     (
         "NaturalGradient-MeanCholesky-warmup",
         _natural_gradient_case(MeanCholesky(), LogLinearWarmup(1e-2, 1.0, K=3)),

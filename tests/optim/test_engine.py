@@ -140,3 +140,21 @@ def test_mirror_descent_records_its_steps_in_the_same_shape():
         opt.step()
     (record,) = opt.step_records
     assert record.kind == "backoff" and record.reason == "invalid" and record.lr == 100.0
+
+
+def test_num_data_on_a_per_datum_loss_takes_the_step_of_the_total_loss():
+    X, y = regression_data()
+    N = X.shape[0]
+    finals = []
+    for num_data, scale in ((None, 1.0), (N, 1.0 / N)):
+        model = BayesLinReg(3, MeanCholesky())
+        opt = NaturalGradient.for_model(model, lr=0.3, num_data=num_data)
+        for _ in range(3):
+            opt.zero_grad()
+            (-model.elbo(X, y) * scale).backward()
+            opt.step()
+        finals.append([x.detach().clone() for x in model.q.xi()])
+    for a, b in zip(*finals):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="num_data"):
+        NaturalGradient.for_model(BayesLinReg(3), num_data=0)
