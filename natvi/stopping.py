@@ -14,18 +14,20 @@ __all__ = ["ElboPlateau"]
 
 
 class ElboPlateau:
-    """Stop once the ELBO has stopped improving: the best ELBO of the last ``n_iter_no_change``
-    iterations is less than ``tol`` nats per datum above the best ELBO before them.
+    """Stop once the ELBO has settled: the best ELBO of the last ``n_iter_no_change`` iterations
+    is within ``tol`` nats per datum of the best ELBO before them — neither better by more (still
+    improving) nor worse by more (oscillating or falling away from its best).
 
     In symbols, with ``L_t`` the total ELBO at iteration ``t``, ``w = n_iter_no_change`` and
     ``T`` the iterations so far, stop when ``T ≥ start + w + 1`` and
 
-        ``max_{t > T−w} L_t − max_{t ≤ T−w} L_t < tol · num_data``.
+        ``|max_{t > T−w} L_t − max_{start ≤ t ≤ T−w} L_t| < tol · num_data``.
 
     Comparing best values (not the last value with the one ``w`` iterations back) makes the rule
-    indifferent to the small oscillations of Adam on the hyperparameters and to the noise of a
-    Monte Carlo or minibatch ELBO: one low iteration does not stop a run that is still
-    improving, and one lucky iteration does not keep a settled run going.
+    indifferent to small oscillations and to the noise of a Monte Carlo or minibatch ELBO: one
+    low iteration does not stop a run that is still improving, and one lucky iteration does not
+    keep a settled run going. A run whose recent best stays well below its earlier best is not
+    called converged: it goes on (and, in the estimators, warns at ``max_iter``).
 
     Args:
         tol: the least improvement, in nats per datum, over ``n_iter_no_change`` iterations
@@ -51,7 +53,7 @@ class ElboPlateau:
         self.num_data, self.start = num_data, start
         self.stopped = False
         self.last_gain: float = math.inf
-        """Per-datum improvement of the best ELBO over the latest window (``inf`` until judged)."""
+        """Per-datum change of the best ELBO over the latest window (``inf`` until judged)."""
 
     def __call__(self, history: History) -> bool:
         elbo, w = history.elbo, self.n_iter_no_change
@@ -59,7 +61,7 @@ class ElboPlateau:
             return False
         before = max(elbo[self.start : len(elbo) - w])
         self.last_gain = (max(elbo[-w:]) - before) / self.num_data
-        self.stopped = self.last_gain < self.tol
+        self.stopped = abs(self.last_gain) < self.tol
         return self.stopped
 
     def __repr__(self) -> str:

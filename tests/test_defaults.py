@@ -53,6 +53,12 @@ def test_plateau_is_not_fooled_by_one_low_iteration():
     assert _first_stop(ElboPlateau(tol=1e-3, n_iter_no_change=5), elbos) is None
 
 
+def test_plateau_does_not_call_a_fall_from_the_best_converged():
+    elbos = [0.0] * 10 + [-1.0] * 20  # settled, then fell and stays below: not converged
+    assert _first_stop(ElboPlateau(tol=1e-3, n_iter_no_change=5), elbos) == 6
+    assert _first_stop(ElboPlateau(tol=1e-3, n_iter_no_change=5), [1.0] + elbos) is None
+
+
 def test_plateau_waits_for_the_warmup_and_a_full_window():
     flat = [0.0] * 12
     assert _first_stop(ElboPlateau(tol=1.0, n_iter_no_change=4, start=5), flat) == 10
@@ -81,7 +87,7 @@ def test_defaults_end_by_the_stopping_rule_without_a_warning():
     elbo = np.asarray(clf.history_.elbo) / len(y)
     w, start = clf.n_iter_no_change, clf.warmup_iter
     gain = lambda T: elbo[T - w : T].max() - elbo[start : T - w].max()  # noqa: E731
-    assert gain(clf.n_iter_) < clf.tol <= gain(clf.n_iter_ - 1)
+    assert abs(gain(clf.n_iter_)) < clf.tol <= abs(gain(clf.n_iter_ - 1))
     assert clf.score(X, y) > 0.9
 
 

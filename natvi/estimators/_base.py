@@ -189,6 +189,7 @@ class SparseGPBase(BaseEstimator):
         result = fit(
             self.model_, X, y, method=self.method, iterations=int(self.max_iter), lr=lr,
             hyper_lr=self.learning_rate, stop_when=stop, progress=bool(self.progress), seed=seed,
+            callback=getattr(self, "_fit_callback", None),  # set by natvi demo/compare only
         )
         self.history_ = result.history
         self.n_iter_ = len(result.history)
@@ -264,14 +265,21 @@ class SparseGPBase(BaseEstimator):
 
 
 def _warn_not_converged(est: SparseGPBase, stop) -> None:
-    gain = "too few iterations for the stopping rule to judge" if not math.isfinite(stop.last_gain) else (
-        f"the best ELBO still gained {stop.last_gain:.2g} nats per datum over the last "
-        f"{stop.n_iter_no_change} iterations")
+    gain = stop.last_gain
+    if not math.isfinite(gain):
+        state, advice = "too few iterations for the stopping rule to judge", "raise max_iter"
+    elif gain < 0:
+        state = (f"its best over the last {stop.n_iter_no_change} iterations is {-gain:.2g} nats "
+                 "per datum below its earlier best: the steps oscillate")
+        advice = "lower learning_rate (the hyperparameters' step) or natgrad_lr"
+    else:
+        state = (f"the best ELBO still gained {gain:.2g} nats per datum over the last "
+                 f"{stop.n_iter_no_change} iterations")
+        advice = ("raise max_iter, or raise learning_rate (the hyperparameters' step) for faster "
+                  "progress, or raise tol to accept a looser optimum")
     warnings.warn(
         f"{type(est).__name__} reached max_iter={est.max_iter} before the ELBO settled "
-        f"({gain}; tol={est.tol}). The model may be under-trained: raise max_iter, or raise "
-        "learning_rate (the hyperparameters' step) for faster progress, or raise tol to "
-        "accept a looser optimum.",
+        f"({state}; tol={est.tol}). The model may be under-trained: {advice}.",
         ConvergenceWarning,
         stacklevel=5,
     )
