@@ -82,6 +82,11 @@ def write_csv(path: Path, rows: Sequence[dict]) -> None:
     atomic_write_csv(path, rows)
 
 
+def write_text(path: Path, text: str) -> None:
+    """``text`` written atomically (a failure leaves the old file intact)."""
+    atomic_write_text(path, text)
+
+
 def save_figure(fig, path: Path, **savefig_kw) -> None:
     """``fig.savefig(path, ...)`` written atomically (a failure leaves the old file intact)."""
     atomic_savefig(fig, path, **savefig_kw)

@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -96,6 +97,16 @@ def _allreduce_seconds(numel: int, repeats: int = 50) -> float:
 
 
 def _worker(rank: int, port: int, grid: dict, seed: int, out: str, numel: int) -> None:
+    """One rank: measure, write ``rank<r>.json``, tear the process group down in step with the
+    other rank, and leave with ``os._exit(0)``.
+
+    The orderly teardown matters: a rank that destroys its process group (or exits) while the
+    other is still inside a collective, or a process whose exit runs the C++ static destructors
+    while gloo's threads are alive, dies of ``SIGABRT`` ("terminate called without an active
+    exception"), which made this benchmark's test flaky. So both ranks meet at a barrier, then
+    destroy the group, and the child skips interpreter teardown (its results are on disk and its
+    output flushed). An error still propagates to the parent through ``mp.spawn``.
+    """
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD, timeout=datetime.timedelta(seconds=120))
@@ -105,9 +116,13 @@ def _worker(rank: int, port: int, grid: dict, seed: int, out: str, numel: int) -
             "weak": _run(WORLD * (grid["N"] // WORLD), grid, seed, True),
             "allreduce": _allreduce_seconds(numel),
         }
+        _common.write_text(Path(out, f"rank{rank}.json"), json.dumps(res))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
-    Path(out, f"rank{rank}.json").write_text(json.dumps(res))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:
