@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
     ax.set_title("natvi.fit, SVGP two-moons N=4000")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "fit_step.png", dpi=120)
+    _common.save_figure(fig, out / "fit_step.png", dpi=120)
     plt.close(fig)
 
     ratios = ", ".join(f"M={r['M']}: {r['ratio']:.2f}x" for r in rows)

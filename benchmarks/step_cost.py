@@ -264,7 +264,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("M (inducing points)")
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

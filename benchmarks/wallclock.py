@@ -173,7 +173,7 @@ def plot(all_runs: dict, num_data: dict, path) -> None:
             ax.grid(alpha=0.3)
         axes[row, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _common.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
