@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from natvi.model import check_model
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.optim.safeguards import Safeguard
 from natvi.optim.schedules import check_lr
-from natvi.strategy import Local, Strategy, current
+from natvi.strategy import Strategy, resolve
 from natvi.variational import GaussianVariational
 
 __all__ = ["fit", "FitResult", "History"]
@@ -232,7 +231,7 @@ def fit(
         >>> result = natvi.fit(model, X, y, iterations=50, lr=LogLinearWarmup(1e-4, 1.0, K=5))
         >>> result.history.elbo[-1]
     """
-    strategy = _resolve_strategy(strategy, distributed)
+    strategy = resolve(strategy, distributed)
     X, y = _check_data(model, X, y)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
@@ -362,30 +361,6 @@ def fit(
         restore_threads()
     strategy.finish(model)
     return FitResult(model, history, q_opt, h_opt, stopped_early=stopped)
-
-
-def _resolve_strategy(strategy: Strategy | None, distributed: bool | None) -> Strategy:
-    if distributed is not None:
-        warnings.warn(
-            "fit(distributed=...) is deprecated; pass strategy=natvi.distributed.DataParallel() "
-            "(or nothing, for one process). It will be removed in the next release.",
-            DeprecationWarning, stacklevel=3,
-        )
-        if strategy is not None:
-            raise ValueError("pass strategy= or the deprecated distributed=, not both.")
-        if distributed:
-            from natvi.distributed import DataParallel
-
-            return DataParallel()
-        return Local()
-    if strategy is None:
-        return current()
-    if not isinstance(strategy, Strategy):
-        raise ValueError(
-            "strategy must be a natvi.strategy.Strategy (natvi.strategy.Local() or "
-            f"natvi.distributed.DataParallel()), got {type(strategy).__name__}."
-        )
-    return strategy
 
 
 def _checking_closure(

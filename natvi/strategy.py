@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["Strategy", "Local", "current", "use"]
+__all__ = ["Strategy", "Local", "current", "use", "resolve"]
 
 
 class Strategy:
@@ -83,13 +84,36 @@ def current() -> Strategy:
 @contextlib.contextmanager
 def use(strategy: Strategy) -> Iterator[Strategy]:
     """Within this block, :func:`natvi.fit` calls that are given no strategy use ``strategy``."""
-    if not isinstance(strategy, Strategy):
-        raise ValueError(
-            f"strategy must be a natvi.strategy.Strategy (Local() or "
-            f"natvi.distributed.DataParallel()), got {type(strategy).__name__}."
-        )
-    token = _CURRENT.set(strategy)
+    token = _CURRENT.set(_checked(strategy))
     try:
         yield strategy
     finally:
         _CURRENT.reset(token)
+
+
+def resolve(strategy: Strategy | None, distributed: bool | None = None) -> Strategy:
+    """The strategy :func:`natvi.fit` runs under: ``strategy``, else the deprecated
+    ``distributed`` flag's, else :func:`current`."""
+    if distributed is not None:
+        warnings.warn(
+            "fit(distributed=...) is deprecated; pass strategy=natvi.distributed.DataParallel() "
+            "(or nothing, for one process). It will be removed in the next release.",
+            DeprecationWarning, stacklevel=3,
+        )
+        if strategy is not None:
+            raise ValueError("pass strategy= or the deprecated distributed=, not both.")
+        if distributed:
+            from natvi.distributed import DataParallel
+
+            return DataParallel()
+        return Local()
+    return current() if strategy is None else _checked(strategy)
+
+
+def _checked(strategy: Any) -> Strategy:
+    if not isinstance(strategy, Strategy):
+        raise ValueError(
+            "strategy must be a natvi.strategy.Strategy (natvi.strategy.Local() or "
+            f"natvi.distributed.DataParallel()), got {type(strategy).__name__}."
+        )
+    return strategy
