@@ -114,7 +114,8 @@ class Parameterization:
             m = theta1 * var
             ok = bool((theta2 < 0).all()) and bool(((var + m * m) - m * m > 0).all())
             return ok and bool(torch.isfinite(m).all())
-        L_P, info = torch.linalg.cholesky_ex(-2.0 * symmetrize(theta2))
+        P = -2.0 * symmetrize(theta2)
+        L_P, info = torch.linalg.cholesky_ex(P)
         if not bool((info == 0).all()):
             return False
         # (no derivative is taken here, so torch's cholesky_inverse, ~3× cheaper than a solve
@@ -122,7 +123,10 @@ class Parameterization:
         S, m = symmetrize(torch.cholesky_inverse(L_P)), cho_solve_vec(theta1, L_P)
         mmT = m.unsqueeze(-1) * m.unsqueeze(-2)
         _, info = torch.linalg.cholesky_ex((S + mmT) - mmT)
-        return bool((info == 0).all()) and bool(torch.isfinite(m).all())
+        ok = bool((info == 0).all()) and bool(torch.isfinite(m).all())
+        if ok:
+            _FACTORS[(P.shape, P.dtype, P.device)] = (P, L_P, S)
+        return ok
 
     def to_natural(self, *xi: Tensor) -> tuple[Tensor, Tensor]:
         """``ξ -> (θ1 [..., M], θ2 [..., M, M])``."""
@@ -198,6 +202,22 @@ def _check_triangular_diag(name: str, L: Tensor) -> None:
         )
 
 
+# The factorisation of the precision P = −2·sym(θ2) of the last q that in_domain accepted, one
+# per (shape, dtype, device): the next forward pass (of that q, once the optimiser has copied
+# it in) reuses L_P and S = P⁻¹ when its P is bit for bit the same matrix.
+_FACTORS: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+
+
+def _precision_factor(P: Tensor) -> tuple[Tensor, Tensor]:
+    """``(L_P, S)`` for the precision ``P [..., M, M]``: from in_domain's check if it factorised
+    this very matrix, else one Cholesky and ``cholesky_inverse``."""
+    hit = _FACTORS.get((P.shape, P.dtype, P.device))
+    if hit is not None and torch.equal(hit[0], P):
+        return hit[1], hit[2].clone()  # a fresh output tensor for each autograd node
+    L_P = cholesky(P, "the precision −2·theta2")
+    return L_P, symmetrize(torch.cholesky_inverse(L_P))
+
+
 # ∇_η L recorded by _NaturalMoments' backward, keyed on id(θ1): (weakref θ1, weakref θ2,
 # versions of θ1, θ2 at the forward pass, ∇_θ1 L, ∇_θ2 L, ∇_η1 L, ∇_η2 L).
 _RECORDED: dict[int, tuple] = {}
@@ -220,8 +240,7 @@ class _NaturalMoments(torch.autograd.Function):
 
     @staticmethod
     def forward(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        L_P = cholesky(-(theta2 + theta2.mT), "the precision −2·theta2")
-        S = symmetrize(torch.cholesky_inverse(L_P))
+        L_P, S = _precision_factor(-2.0 * symmetrize(theta2))
         m = torch.cholesky_solve(theta1.unsqueeze(-1), L_P).squeeze(-1)
         return m, S, -2.0 * L_P.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 

@@ -102,3 +102,24 @@ def test_mean_cholesky_moments_equal_the_generic_path():
     got = torch.autograd.grad((w * fast[2]).sum() + fast[1].sum(), (m, L), allow_unused=True)
     want = torch.autograd.grad((w * ref[2]).sum() + ref[1].sum(), (m, L), allow_unused=True)
     torch.testing.assert_close(got[1].tril(), want[1].tril(), rtol=1e-10, atol=1e-10)
+
+
+def test_moments_reuse_the_factor_of_an_accepted_proposal_bit_for_bit(monkeypatch):
+    from natvi import parameterizations as pz
+
+    theta1, theta2 = (t.detach() for t in _random_natural((2,), M=5, seed=4))
+    fresh = Natural().to_moments(theta1, theta2)
+    assert Natural().in_domain(theta1, theta2)
+
+    def no_cholesky(*args):
+        raise AssertionError("factorised again")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(pz, "cholesky", no_cholesky)
+        reused = Natural().to_moments(theta1, theta2)
+        with pytest.raises(AssertionError, match="factorised again"):
+            other = theta2.clone()
+            other[0, 0, 0] -= 1e-3  # another matrix: factorised
+            Natural().to_moments(theta1, other)
+    for a, b in zip(fresh, reused):
+        assert torch.equal(a, b)
