@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--method", choices=("natgrad", "adam"), default="natgrad",
                      help="optimiser for q(u) (default natgrad)")
     fit.add_argument("--max-iter", type=_positive_int, default=None,
-                     help="iteration limit (default: the estimator's, 1000); training stops "
+                     help="iteration limit (default: the estimator's, 2000); training stops "
                      "earlier once the ELBO settles, and warns if it reaches the limit first")
     fit.add_argument("--out", type=Path, default=Path("model.pt"),
                      help="where to save the model (default model.pt)")

@@ -24,8 +24,8 @@ FORMAT = "natvi.estimator/1"
 """The ``format`` entry of a saved estimator file."""
 
 TRAINING_DEFAULTS: dict[str, Any] = {
-    "max_iter": 1000,
-    "tol": 1e-3,
+    "max_iter": 2000,
+    "tol": 5e-4,
     "n_iter_no_change": 20,
     "learning_rate": 0.05,
     "natgrad_lr": 0.5,
