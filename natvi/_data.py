@@ -185,7 +185,9 @@ def check_target(table: Table, target: str, likelihood: str) -> np.ndarray:
     (``gaussian``/``studentt``) or non-negative integer counts (``poisson``).
     """
     if likelihood not in LIKELIHOODS:
-        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}.")
+        raise DataError(
+            f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}."
+        )
     where = f"{table.path}: target {target!r}"
     task = entry(likelihood).task
     if task in ("binary", "multiclass"):

@@ -53,7 +53,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kw: Any) -> I
     old content, and :class:`WriteError` names ``path`` and the cause.
     """
     if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write writes whole files: mode must be 'w' or 'wb', got {mode!r}.")
+        raise ValueError(f"atomic_write writes whole files: mode 'w' or 'wb', got {mode!r}.")
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     try:

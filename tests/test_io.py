@@ -115,7 +115,8 @@ def test_failed_estimator_save_leaves_the_previous_model_loadable(tmp_path, monk
     clf.save(path)
     before = path.read_bytes()
     _fail_midway(monkeypatch)
-    with pytest.raises(WriteError, match=r"m\.pt: writing failed.*previous file, if any, is intact"):
+    match = r"m\.pt: writing failed.*previous file, if any, is intact"
+    with pytest.raises(WriteError, match=match):
         clf.save(path)
     assert path.read_bytes() == before
     assert _siblings(path) == ["m.pt"]

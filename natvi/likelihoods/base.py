@@ -202,12 +202,14 @@ class Likelihood(nn.Module):
         return y
 
     @classmethod
-    def check_targets(cls, y: Any, name: str = "y", suggest: str = "the {} likelihood") -> np.ndarray:
+    def check_targets(
+        cls, y: Any, what: str = "y", suggest: str = "the {} likelihood"
+    ) -> np.ndarray:
         """Check a user's raw targets ``y [N]`` (array-like, before any encoding) for this
         likelihood; return them as used to train (float64 values here; class labels for the
         classification likelihoods, which override this).
 
-        Raises ``ValueError`` naming ``name`` (e.g. ``"y"``, or ``"data.csv: target 'label'"``)
+        Raises ``ValueError`` naming ``what`` (e.g. ``"y"``, or ``"data.csv: target 'label'"``)
         if a value is not numeric, not finite, or outside the likelihood's support; another
         likelihood is suggested through ``suggest`` (``"--likelihood {}"`` at the command line).
         """
@@ -218,18 +220,18 @@ class Likelihood(nn.Module):
             bad = next(v for v in arr.reshape(-1) if not _is_number(v))
             bad = bad.item() if isinstance(bad, np.generic) else bad
             raise ValueError(
-                f"{name} is not numeric (it holds {bad!r}), but the {cls.__name__} likelihood "
+                f"{what} is not numeric (it holds {bad!r}), but the {cls.__name__} likelihood "
                 f"takes numbers; for class labels use {suggest.format('bernoulli')} or "
                 f"{suggest.format('softmax')}."
             ) from None
         if not np.isfinite(values).all():
             bad = values[~np.isfinite(values)][0]
-            raise ValueError(f"{name} holds a non-finite value ({bad}); remove or replace it.")
-        cls._check_support(torch.from_numpy(values), name, suggest)
+            raise ValueError(f"{what} holds a non-finite value ({bad}); remove or replace it.")
+        cls._check_support(torch.from_numpy(values), what, suggest)
         return values
 
     @classmethod
-    def _check_support(cls, y: Tensor, name: str, suggest: str) -> None:
+    def _check_support(cls, y: Tensor, what: str, suggest: str) -> None:
         """Raise ``ValueError`` if a finite target in ``y`` lies outside the support (the one
         place a likelihood states its support, for :meth:`check_y` and :meth:`check_targets`)."""
 

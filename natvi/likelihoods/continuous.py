@@ -136,10 +136,10 @@ class Beta(Likelihood):
         return positive(self.raw_precision)
 
     @classmethod
-    def _check_support(cls, y: Tensor, name: str, suggest: str) -> None:
+    def _check_support(cls, y: Tensor, what: str, suggest: str) -> None:
         if not bool(((y > 0) & (y < 1)).all()):
             raise ValueError(
-                f"{name} must lie strictly inside (0, 1) for the Beta likelihood; got values in "
+                f"{what} must lie strictly inside (0, 1) for the Beta likelihood; got values in "
                 f"[{float(y.min()):g}, {float(y.max()):g}]. Clip or rescale the data."
             )
 
@@ -175,10 +175,10 @@ class Gamma(Likelihood):
         return positive(self.raw_shape)
 
     @classmethod
-    def _check_support(cls, y: Tensor, name: str, suggest: str) -> None:
+    def _check_support(cls, y: Tensor, what: str, suggest: str) -> None:
         if not bool((y > 0).all()):
             raise ValueError(
-                f"{name} must be strictly positive for the Gamma likelihood; got min "
+                f"{what} must be strictly positive for the Gamma likelihood; got min "
                 f"{float(y.min()):g}."
             )
 

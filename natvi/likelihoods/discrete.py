@@ -15,19 +15,19 @@ from natvi.likelihoods.base import Likelihood
 __all__ = ["Bernoulli", "Poisson", "class_labels"]
 
 
-def class_labels(y: Any, name: str = "y") -> tuple[np.ndarray, np.ndarray]:
-    """``(labels [N], classes [C])`` of raw class labels; ``ValueError`` naming ``name`` for a
+def class_labels(y: Any, what: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """``(labels [N], classes [C])`` of raw class labels; ``ValueError`` naming ``what`` for a
     NaN label or fewer than two classes."""
     labels = np.asarray(y)
     if labels.ndim != 1:
-        raise ValueError(f"{name} must be one label per row ([N]); got shape {labels.shape}.")
+        raise ValueError(f"{what} must be one label per row ([N]); got shape {labels.shape}.")
     if labels.dtype.kind == "f" and not np.isfinite(labels).all():
-        raise ValueError(f"{name} holds a NaN or infinite label; drop unlabelled rows first.")
+        raise ValueError(f"{what} holds a NaN or infinite label; drop unlabelled rows first.")
     classes = np.unique(labels.astype(str)) if labels.dtype == object else np.unique(labels)
     if len(classes) < 2:
         first = classes[0].item() if len(classes) else None
         raise ValueError(
-            f"{name} holds a single class ({first!r}): with only one class there is nothing to "
+            f"{what} holds a single class ({first!r}): with only one class there is nothing to "
             "classify; a classifier needs at least two classes, so check the labels."
         )
     return labels, classes
@@ -70,12 +70,14 @@ class Bernoulli(Likelihood):
         self.link = link
 
     @classmethod
-    def check_targets(cls, y: Any, name: str = "y", suggest: str = "the {} likelihood") -> np.ndarray:
+    def check_targets(
+        cls, y: Any, what: str = "y", suggest: str = "the {} likelihood"
+    ) -> np.ndarray:
         """Class labels ``y [N]`` of exactly two classes (any labels: strings, ±1, 0/1, ...)."""
-        labels, classes = class_labels(y, name)
+        labels, classes = class_labels(y, what)
         if len(classes) != 2:
             raise ValueError(
-                f"{name} has {len(classes)} classes but the bernoulli likelihood takes two; "
+                f"{what} has {len(classes)} classes but the bernoulli likelihood takes two; "
                 f"use {suggest.format('softmax')}."
             )
         return labels
@@ -148,11 +150,11 @@ class Poisson(Likelihood):
     task = "counts"
 
     @classmethod
-    def _check_support(cls, y: Tensor, name: str, suggest: str) -> None:
+    def _check_support(cls, y: Tensor, what: str, suggest: str) -> None:
         if not bool(((y >= 0) & (y == torch.round(y))).all()):
             bad = y[(y < 0) | (y != torch.round(y))][0]
             raise ValueError(
-                f"{name} holds {float(bad):g}, but the Poisson likelihood takes non-negative "
+                f"{what} holds {float(bad):g}, but the Poisson likelihood takes non-negative "
                 f"integer counts; for real-valued targets use {suggest.format('gaussian')}."
             )
 

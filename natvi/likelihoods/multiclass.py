@@ -36,9 +36,11 @@ class _MultiClass(Likelihood):
     task = "multiclass"
 
     @classmethod
-    def check_targets(cls, y: Any, name: str = "y", suggest: str = "the {} likelihood") -> np.ndarray:
+    def check_targets(
+        cls, y: Any, what: str = "y", suggest: str = "the {} likelihood"
+    ) -> np.ndarray:
         """Class labels ``y [N]`` of at least two classes (any labels: strings, integers, ...)."""
-        return class_labels(y, name)[0]
+        return class_labels(y, what)[0]
 
     def __init__(self, num_classes: int, num_gh: int) -> None:
         super().__init__(num_gh)

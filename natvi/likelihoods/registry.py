@@ -108,7 +108,9 @@ def name_of(likelihood: Likelihood | type[Likelihood]) -> str:
     for e in _ENTRIES.values():
         if e.cls is cls:
             return e.name
-    raise ValueError(f"{cls.__name__} is not in natvi's likelihood vocabulary ({', '.join(_ENTRIES)}).")
+    raise ValueError(
+        f"{cls.__name__} is not in natvi's likelihood vocabulary ({', '.join(_ENTRIES)})."
+    )
 
 
 def check_targets(

@@ -65,7 +65,8 @@ def test_the_poisson_count_check_is_one_check_everywhere(bad):
     with pytest.raises(ValueError, match=expected + ".*SparseGPRegressor"):
         SparseGPCountRegressor(num_inducing=2, max_iter=1).fit(np.arange(4.0)[:, None], bad)
     table = Table(path="c.csv", columns={"y": [str(v) for v in bad], "x": ["1"] * 4})
-    with pytest.raises(DataError, match="c.csv: target 'y' " + expected + ".*--likelihood gaussian"):
+    match = "c.csv: target 'y' " + expected + ".*--likelihood gaussian"
+    with pytest.raises(DataError, match=match):
         check_target(table, "y", "poisson")
 
 
