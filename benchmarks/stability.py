@@ -28,7 +28,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks import _common  # noqa: E402
 from benchmarks._gp_peers import Method, gpytorch_method, train  # noqa: E402
-from benchmarks.wallclock import gpflow_status  # noqa: E402
 from models import ill_conditioned, poisson_counts, robust_regression, two_moons  # noqa: E402
 from natvi import parameterizations as P  # noqa: E402
 
@@ -177,6 +176,14 @@ def summarize(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
             }
         )
     return out
+
+
+def gpflow_status() -> str:
+    try:
+        import gpflow  # noqa: F401
+    except ImportError:
+        return "GPflow is not installed here: its NaturalGradient peer was skipped."
+    return "GPflow is installed but its TensorFlow peer is not wired into this benchmark: skipped."
 
 
 def plot(rows: list[dict], gammas: list[float], path) -> None:
