@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict
@@ -99,23 +100,34 @@ class NaturalGradient(Optimizer):
 
     In :class:`~natvi.parameterizations.Natural` coordinates ``ñ = ∇_η L`` and, for a
     conjugate model with ``L`` the *total* negative ELBO, ``γ = 1`` lands on the exact optimum.
+    A loss that is the total divided by N (GPyTorch's ``VariationalELBO``) is declared with
+    ``num_data=N``, exactly as for GPyTorch's ``NGD``: the step is then ``ξ ← ξ − γ_t N ñ``, so
+    GPyTorch's lr values mean the same step and ``γ = 1`` is still the conjugate optimum.
 
     Every step is atomic: if ξ' is not a valid Gaussian (non-finite, outside the coordinates'
     domain, ``−2 θ2`` not positive definite), or — with a closure, re-evaluated after the
     proposal as in L-BFGS — the loss at ξ' is not finite (or, outside natural coordinates, has
     increased), the parameters are restored bit-identically and the safeguard decides
-    (:mod:`natvi.optim.safeguards`: back off γ, the Riemannian iBLR step, or raise). Each
-    intervention is an event: a dict in :attr:`events` (saved by :meth:`state_dict`) and a
-    :class:`~natvi.optim.safeguards.SafeguardWarning`.
+    (:mod:`natvi.optim.safeguards`: back off γ, the Riemannian iBLR step, or raise); the step
+    runs on natvi's atomic-step engine (:mod:`natvi.optim.engine`), which also leaves ``.grad``
+    at the accepted point. Every step leaves one :class:`~natvi.optim.engine.StepRecord` per
+    group in :attr:`step_records` (:attr:`last_records` for the last step; saved by
+    :meth:`state_dict`); each intervention is also warned about
+    (:class:`~natvi.optim.SafeguardWarning`) and listed in :attr:`events` (dicts). In natural
+    coordinates, where the loss is not checked, a loss that rises under a closure is warned
+    about once.
 
     Args:
         params: :class:`~natvi.variational.GaussianVariational` modules (one group each), dicts
             ``{"params": [ξ1, ξ2], "parameterization": p, "lr": ...}`` (per-group overrides), or
-            one list of tensors (the coordinates of a single q, with ``parameterization=``).
+            a list of tensors: q coordinates (``model.variational_parameters()``; one group per
+            q, found through the tag :class:`~natvi.variational.GaussianVariational` puts on its
+            coordinates) or untagged tensors of one q (with ``parameterization=``).
         lr: γ, a positive float or a schedule ``step -> γ`` (:mod:`natvi.optim.schedules`).
         parameterization: default for groups that do not name one.
         safeguard: ``"backoff"`` (default), ``"riemannian"``, ``"none"``, or a
             :class:`~natvi.optim.safeguards.Safeguard`.
+        num_data: N when the loss is the total divided by N (default ``None``: the total).
 
     Example:
         >>> opt = NaturalGradient.for_model(model, lr=1.0)
@@ -136,9 +148,13 @@ class NaturalGradient(Optimizer):
         self.step_records: list[StepRecord] = []
         self.last_records: list[StepRecord] = []
         self._warned_rise = False
-        if num_data is not None and (isinstance(num_data, bool) or int(num_data) != num_data
-                                     or num_data < 1):
-            raise ValueError(f"num_data must be a positive integer (N, the data size), got {num_data!r}.")
+        if num_data is not None and (
+            isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral)
+            or num_data < 1
+        ):
+            raise ValueError(
+                f"num_data must be a positive integer (N, the data size), got {num_data!r}."
+            )
         defaults = {"lr": lr, "parameterization": parameterization, "num_data": num_data}
         super().__init__(_as_groups(params), defaults)
 
