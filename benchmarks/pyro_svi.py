@@ -79,17 +79,18 @@ def run(model, data, method: str, elbo: str, seed: int, target: float, max_steps
         svi = NaturalSVI(model, guide, loss=loss)
     else:
         svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), loss)
-    seconds, final = 0.0, float("nan")
+    seconds, final, trace = 0.0, float("nan"), []
     for t in range(1, max_steps + 1):
         t0 = time.perf_counter()
         svi.step(*data)
         seconds += time.perf_counter() - t0
         if t % check_every == 0:
             final = _accurate_loss(model, guide, data, eval_particles)
+            trace.append(f"{t}:{seconds:.2f}:{final:.3f}")
             if final <= target:
                 break
     return {"converged": final <= target, "steps": t, "seconds": seconds, "final": final,
-            "backoffs": getattr(svi, "num_backoffs", 0)}
+            "backoffs": getattr(svi, "num_backoffs", 0), "trace": " ".join(trace)}
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -113,6 +114,9 @@ def main(argv: list[str]) -> int:
     p = _common.parser(NAME, __doc__.splitlines()[0], threads=True)
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 8; quick 2)")
     p.add_argument("--problems", default="regression,breast_cancer", help="comma-separated")
+    p.add_argument("--elbos", default=",".join(ELBOS), help="comma-separated")
+    p.add_argument("--optimum", type=float, default=None,
+                   help="skip the optimum run and use this −ELBO (one problem only)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float64)
@@ -130,11 +134,14 @@ def main(argv: list[str]) -> int:
     for name, (model, data) in problems(quick).items():
         if name not in chosen:
             continue
-        opt = optimum(model, data, steps=300 if quick else 2000, particles=64,
-                      eval_particles=2000 if quick else 20000)
+        opt = args.optimum
+        if opt is None:
+            opt = optimum(model, data, steps=300 if quick else 2000, particles=64,
+                          eval_particles=2000 if quick else 20000)
+        print(f"optimum {name} {opt}", flush=True)
         optima[name] = opt
         target = opt + 0.01 * abs(opt)
-        for elbo in ELBOS:
+        for elbo in args.elbos.split(","):
             for method in ("natural", "adam"):
                 for seed in range(seeds):
                     r = run(model, data, method, elbo, seed, target, max_steps[name], 10,
