@@ -235,7 +235,8 @@ def main(argv: list[str]) -> int:
     by_gamma = summarize(rows, ("library", "gamma"))
     notes = "\n\n".join(
         [
-            gpflow_status(),
+            "GPflow is not part of this benchmark (its NaturalGradient peer is timed per step by "
+            "`step_cost`).",
             "A failure is an exception or a non-finite ELBO within the run. `ELBO decreased`: the "
             "run finished but below its initial ELBO (not a failure). natvi's safeguard events are "
             "steps it shrank or skipped to keep q valid (back-off).",
