@@ -47,6 +47,7 @@ from natvi.linalg.base import LowRankPlusDiag, Operator
 
 __all__ = [
     "Curvature",
+    "as_loss",
     "flat_params",
     "LOSSES",
     "loss_value",
