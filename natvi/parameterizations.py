@@ -68,6 +68,26 @@ __all__ = [
 ]
 
 
+def _round_trip_ok(P: Tensor, S: Tensor, m: Tensor) -> bool:
+    """Whether ``η2 − η1 η1ᵀ = (S + m mᵀ) − m mᵀ`` is positive definite in working precision.
+
+    Rounding perturbs ``S`` by ``E`` with ``‖E‖₂ ≤ 2u (‖S‖_F + ‖m‖²)`` (u the unit roundoff),
+    and ``λ_min(S) ≥ 1 / ‖P‖_∞`` (Gershgorin on the precision). When that lower bound exceeds
+    ``8 (M + 2)² u (‖S‖_F + ‖m‖²)`` — Weyl's bound on E with a wide margin for the
+    factorisation's own rounding — the round trip is positive definite and no Cholesky is
+    needed (the usual case in float64); otherwise the Cholesky decides, as it always did.
+    """
+    M = P.shape[-1]
+    u = torch.finfo(P.dtype).eps / 2
+    lam_low = 1.0 / P.abs().sum(-1).amax(-1)
+    scale = torch.linalg.matrix_norm(S) + m.square().sum(-1)
+    if bool((lam_low > 8.0 * (M + 2) ** 2 * u * scale).all()):
+        return True
+    mmT = m.unsqueeze(-1) * m.unsqueeze(-2)
+    _, info = torch.linalg.cholesky_ex((S + mmT) - mmT)
+    return bool((info == 0).all())
+
+
 class Parameterization:
     """A coordinate system ξ on the full-covariance Gaussian family.
 
@@ -121,9 +141,7 @@ class Parameterization:
         # (no derivative is taken here, so torch's cholesky_inverse, ~3× cheaper than a solve
         # against I, is fine despite its wrong JVP; see natvi._linalg)
         S, m = symmetrize(torch.cholesky_inverse(L_P)), cho_solve_vec(theta1, L_P)
-        mmT = m.unsqueeze(-1) * m.unsqueeze(-2)
-        _, info = torch.linalg.cholesky_ex((S + mmT) - mmT)
-        ok = bool((info == 0).all()) and bool(torch.isfinite(m).all())
+        ok = bool(torch.isfinite(m).all()) and _round_trip_ok(P, S, m)
         if ok:
             _FACTORS[(P.shape, P.dtype, P.device)] = (P, L_P, S)
         return ok

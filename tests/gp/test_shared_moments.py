@@ -123,3 +123,28 @@ def test_moments_reuse_the_factor_of_an_accepted_proposal_bit_for_bit(monkeypatc
             Natural().to_moments(theta1, other)
     for a, b in zip(fresh, reused):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_round_trip_bound_never_passes_a_matrix_whose_cholesky_fails(dtype):
+    """The cheap sufficient condition of in_domain agrees with the Cholesky it replaces."""
+    from natvi.parameterizations import _round_trip_ok
+
+    g = torch.Generator().manual_seed(0)
+    skipped = 0
+    for trial in range(60):
+        M = 3 + trial % 20
+        B = torch.randn(M, M, generator=g, dtype=torch.float64)
+        P = (B @ B.mT * 10.0 ** (trial % 7 - 3) + 1e-3 * torch.eye(M, dtype=torch.float64))
+        m = torch.randn(M, generator=g, dtype=torch.float64) * 10.0 ** (trial % 11 - 2)
+        P, m = P.to(dtype), m.to(dtype)
+        L = torch.linalg.cholesky(P)
+        S = 0.5 * (torch.cholesky_inverse(L) + torch.cholesky_inverse(L).mT)
+        mmT = m.unsqueeze(-1) * m.unsqueeze(-2)
+        by_cholesky = bool(torch.linalg.cholesky_ex((S + mmT) - mmT)[1] == 0)
+        assert _round_trip_ok(P, S, m) == by_cholesky
+        M_, u = P.shape[-1], torch.finfo(dtype).eps / 2
+        bound = 1.0 / P.abs().sum(-1).max()
+        skipped += bool(bound > 8 * (M_ + 2) ** 2 * u * (torch.linalg.matrix_norm(S) + m @ m))
+    if dtype == torch.float64:
+        assert skipped > 0  # the shortcut is taken in float64
