@@ -118,7 +118,7 @@ def test_one_unit_step_reaches_exact_conjugate_posterior(make_guide):
     m_star, S_star, _ = exact_posterior(X, y)
     torch.testing.assert_close(m, m_star, atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(S, S_star, atol=1e-9, rtol=1e-9)
-    assert svi.last_report.lr_used == (1.0,) and svi.last_report.backoffs == 0
+    assert [r.lr_used for r in svi.last_records] == [1.0] and svi.last_records[0].tries == 0
 
 
 @pytest.mark.parametrize("guide_cls", [AutoNormal, AutoDiagonalNormal])
@@ -248,7 +248,7 @@ def test_invalid_step_backs_off_and_never_leaves_guide_invalid():
 
     svi = NaturalSVI(linreg, small_guide, lr=3.0, loss=analytic_neg_elbo)
     svi.step(X, y)
-    assert svi.last_report.lr_used == (0.75,) and svi.last_report.backoffs == 2
+    assert [r.lr_used for r in svi.last_records] == [0.75] and svi.last_records[0].tries == 2
     m, S = guide_q(small_guide, X, y)
     assert torch.linalg.eigvalsh(S).min() > 0
     m_star, S_star, _ = exact_posterior(X, y)
@@ -271,7 +271,7 @@ def test_step_skipped_with_warning_when_no_backoff_allowed():
     after = [v.detach() for _, v in pyro.get_param_store().named_parameters()]
     for b, a in zip(before, after):
         assert torch.equal(a, b)
-    assert svi.num_skipped == 1 and svi.last_report.lr_used == (0.0,)
+    assert svi.num_skipped == 1 and [r.lr_used for r in svi.last_records] == [0.0]
 
 
 def test_model_params_keep_an_ordinary_pyro_optimiser():
