@@ -178,14 +178,6 @@ def summarize(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
     return out
 
 
-def gpflow_status() -> str:
-    try:
-        import gpflow  # noqa: F401
-    except ImportError:
-        return "GPflow is not installed here: its NaturalGradient peer was skipped."
-    return "GPflow is installed but its TensorFlow peer is not wired into this benchmark: skipped."
-
-
 def plot(rows: list[dict], gammas: list[float], path) -> None:
     labels = list(dict.fromkeys(f"{r['library']}:{r['parameterization']}" for r in rows))
     dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
