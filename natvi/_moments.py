@@ -1,0 +1,155 @@
+"""One Cholesky of the precision for the Gaussian's moments, with a closed-form backward.
+
+:class:`natvi.parameterizations.Natural` maps ``θ -> (m, S, log det S)`` through
+:class:`_NaturalMoments`: one Cholesky of ``P = −2 θ2`` (reused from the validity check of the
+proposal the optimiser accepted when it is bit for bit the same matrix), and a backward pass that
+also records ``∇_η L`` — the natural gradient in natural coordinates — so that
+:func:`natvi.natural_gradient` needs no second natural→mean map of the same θ
+(:func:`recorded_expectation_gradient`).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import Tensor
+
+from natvi._linalg import cholesky, symmetrize
+
+__all__ = ["recorded_expectation_gradient", "remember_factor"]
+
+
+def _round_trip_ok(P: Tensor, S: Tensor, m: Tensor) -> bool:
+    """Whether ``η2 − η1 η1ᵀ = (S + m mᵀ) − m mᵀ`` is positive definite in working precision.
+
+    Rounding perturbs ``S`` by ``E`` with ``‖E‖₂ ≤ 2u (‖S‖_F + ‖m‖²)`` (u the unit roundoff),
+    and ``λ_min(S) ≥ 1 / ‖P‖_∞`` (Gershgorin on the precision). When that lower bound exceeds
+    ``8 (M + 2)² u (‖S‖_F + ‖m‖²)`` — Weyl's bound on E with a wide margin for the
+    factorisation's own rounding — the round trip is positive definite and no Cholesky is
+    needed (the usual case in float64); otherwise the Cholesky decides, as it always did.
+    """
+    M = P.shape[-1]
+    u = torch.finfo(P.dtype).eps / 2
+    lam_low = 1.0 / P.abs().sum(-1).amax(-1)
+    scale = torch.linalg.matrix_norm(S) + m.square().sum(-1)
+    if bool((lam_low > 8.0 * (M + 2) ** 2 * u * scale).all()):
+        return True
+    mmT = m.unsqueeze(-1) * m.unsqueeze(-2)
+    _, info = torch.linalg.cholesky_ex((S + mmT) - mmT)
+    return bool((info == 0).all())
+
+
+# The factorisation of the precision P = −2·sym(θ2) of the last q that in_domain accepted, one
+# per (shape, dtype, device): the next forward pass (of that q, once the optimiser has copied
+# it in) reuses L_P and S = P⁻¹ when its P is bit for bit the same matrix.
+_FACTORS: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+
+
+def remember_factor(P: Tensor, L_P: Tensor, S: Tensor) -> None:
+    """Keep ``(L_P, S = P⁻¹)`` of an accepted precision ``P`` for the next forward pass."""
+    _FACTORS[(P.shape, P.dtype, P.device)] = (P, L_P, S)
+
+
+def _precision_factor(P: Tensor) -> tuple[Tensor, Tensor]:
+    """``(L_P, S)`` for the precision ``P [..., M, M]``: from in_domain's check if it factorised
+    this very matrix, else one Cholesky and ``cholesky_inverse``."""
+    hit = _FACTORS.get((P.shape, P.dtype, P.device))
+    if hit is not None and torch.equal(hit[0], P):
+        return hit[1], hit[2].clone()  # a fresh output tensor for each autograd node
+    L_P = cholesky(P, "the precision −2·theta2")
+    return L_P, symmetrize(torch.cholesky_inverse(L_P))
+
+
+# ∇_η L recorded by _NaturalMoments' backward, keyed on id(θ1): (weakref θ1, weakref θ2,
+# versions of θ1, θ2 at the forward pass, ∇_θ1 L, ∇_θ2 L, ∇_η1 L, ∇_η2 L).
+_RECORDED: dict[int, tuple] = {}
+
+
+class _NaturalMoments(torch.autograd.Function):
+    r"""``(θ1, θ2) -> (m, S, log det S)`` from one Cholesky of ``P = −2 θ2``, closed-form backward.
+
+    With upstream gradients ``(ḡ_m, ḡ_S, ḡ_ld)`` and ``G = sym(ḡ_S)`` the gradient in the
+    expectation parameters ``η = (m, S + m mᵀ)`` needs no inverse at all:
+
+        ∇_η2 L = G + ḡ_ld P,      ∇_η1 L = ḡ_m − 2 G m − 2 ḡ_ld θ1
+
+    (``log det S = −log det P`` and ``P = −2 θ2`` is exact), and the gradient in θ is
+    ``∇_θ = F_θ ∇_η``: ``∇_θ1 = S ḡ_m``, ``∇_θ2 = a mᵀ + m aᵀ + 2 S G S + 2 ḡ_ld S`` with
+    ``a = S ḡ_m``. ``∇_η L`` is the natural gradient in :class:`Natural` coordinates, so the
+    backward pass records it (:func:`recorded_expectation_gradient`) for the optimiser, which
+    then needs no second natural→mean map of the same θ.
+    """
+
+    @staticmethod
+    def forward(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        L_P, S = _precision_factor(-2.0 * symmetrize(theta2))
+        m = torch.cholesky_solve(theta1.unsqueeze(-1), L_P).squeeze(-1)
+        return m, S, -2.0 * L_P.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        theta1, theta2 = inputs
+        m, S, _ = output
+        ctx.save_for_backward(theta1, theta2, m, S)
+        try:
+            ctx.refs = (weakref.ref(theta1), weakref.ref(theta2), theta1._version,
+                        theta2._version)
+        except (RuntimeError, TypeError):  # e.g. functorch-wrapped tensors: nothing to record
+            ctx.refs = None
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_m: Tensor | None, g_S: Tensor | None, g_ld: Tensor | None):
+        theta1, theta2, m, S = ctx.saved_tensors
+        zero = torch.zeros((), dtype=m.dtype, device=m.device)
+        G = zero if g_S is None else symmetrize(g_S)
+        g_m = torch.zeros_like(m) if g_m is None else g_m
+        g_ld = zero if g_ld is None else g_ld
+        ld = g_ld[..., None, None]
+        a = (S @ g_m.unsqueeze(-1)).squeeze(-1)
+        outer = a.unsqueeze(-1) * m.unsqueeze(-2)
+        grad2 = outer + outer.mT + 2.0 * ld * S
+        if g_S is not None:
+            grad2 = grad2 + 2.0 * symmetrize(S @ G @ S)
+        Gm = (G @ m.unsqueeze(-1)).squeeze(-1) if g_S is not None else torch.zeros_like(m)
+        eta1 = g_m - 2.0 * Gm - 2.0 * g_ld[..., None] * theta1
+        eta2 = G - ld * (theta2 + theta2.mT)
+        grad1, grad2 = a.expand_as(theta1), grad2.expand_as(theta2)
+        _remember(ctx.refs, grad1, grad2, eta1.expand_as(theta1), eta2.expand_as(theta2))
+        return grad1, grad2
+
+
+def _remember(refs: tuple | None, *grads: Tensor) -> None:
+    if refs is None:
+        return
+    for key in [k for k, rec in _RECORDED.items() if rec[0]() is None or rec[1]() is None]:
+        del _RECORDED[key]
+    theta1 = refs[0]()
+    if theta1 is not None:
+        _RECORDED[id(theta1)] = (*refs, *(g.detach().clone() for g in grads))
+
+
+def recorded_expectation_gradient(
+    theta1: Tensor, theta2: Tensor, grad1: Tensor, grad2: Tensor
+) -> tuple[Tensor, Tensor] | None:
+    """``∇_η L`` recorded by the last backward pass through :meth:`Natural.to_moments` at
+    exactly these tensors, or ``None``.
+
+    Returned only when ``θ1, θ2`` are the very tensors of that forward pass, unchanged since
+    (same version counters), and ``(grad1, grad2)`` equal the gradient that backward produced
+    bit for bit — that is, the whole gradient came through that one evaluation. Anything else
+    (accumulated gradients, another path to θ, a modified θ) returns ``None`` and the caller
+    takes the autodiff route.
+    """
+    rec = _RECORDED.get(id(theta1))
+    if rec is None or rec[0]() is not theta1 or rec[1]() is not theta2:
+        return None
+    if (theta1._version, theta2._version) != rec[2:4]:
+        return None
+    if grad1 is None or grad2 is None:
+        return None
+    if not (torch.equal(grad1, rec[4]) and torch.equal(grad2, rec[5])):
+        return None
+    return rec[6], symmetrize(rec[7])
