@@ -158,8 +158,8 @@ def gpytorch_step(p: dict, likelihood: str, whiten: bool, dtype: torch.dtype, in
         opt = gpytorch.optim.NGD(model.variational_parameters(), num_data=N, lr=GAMMA)
 
     def step() -> None:
-        # Cholesky at every size: above GPyTorch's default max_cholesky_size (800) a dense q
-        # covariance (the interop path's) would go through CG and stochastic Lanczos log-dets.
+        # Cholesky at every size for both paths: above GPyTorch's default max_cholesky_size (800)
+        # the prior K_ZZ would go through CG and stochastic Lanczos log-dets (inexact steps).
         with gpytorch.settings.num_likelihood_samples(100), \
                 gpytorch.settings.max_cholesky_size(10**6):
             opt.zero_grad()

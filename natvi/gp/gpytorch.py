@@ -53,7 +53,12 @@ from __future__ import annotations
 import torch
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.variational import _VariationalDistribution
-from linear_operator.operators import DenseLinearOperator, DiagLinearOperator
+from linear_operator.operators import (
+    CholLinearOperator,
+    DiagLinearOperator,
+    TriangularLinearOperator,
+)
+from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from natvi.optim.natural_gradient import NaturalGradient
@@ -144,7 +149,10 @@ class NatviVariationalDistribution(_VariationalDistribution):
         m, S = self.q.meancov()
         if self.parameterization.diagonal:
             return MultivariateNormal(m, DiagLinearOperator(S))
-        return MultivariateNormal(m, DenseLinearOperator(S))
+        # S as its Cholesky factor: GPyTorch then takes log det S and solves exactly at every M
+        # (a dense S above gpytorch.settings.max_cholesky_size, 800, gets CG and a stochastic
+        # log det, which made the ELBO and the natural gradient wrong)
+        return MultivariateNormal(m, CholLinearOperator(TriangularLinearOperator(psd_safe_cholesky(S))))
 
     @torch.no_grad()
     def initialize_variational_distribution(self, prior_dist: MultivariateNormal) -> None:

@@ -125,3 +125,26 @@ def test_an_ordinary_optimiser_on_constrained_q_coordinates_fails_before_any_ste
     baseline = SVGP(X[:10].clone(),
                     NatviVariationalDistribution(10, parameterization=MeanCholesky(), dtype=DT))
     torch.optim.SGD(baseline.to(DT).parameters(), lr=0.01).step()
+
+
+def test_elbo_and_natural_step_do_not_depend_on_gpytorchs_max_cholesky_size():
+    """Above ``max_cholesky_size`` (800 by default) GPyTorch treats a dense covariance with CG and
+    a stochastic log det; natvi hands it S as a Cholesky factor, so the loss and the natural step
+    are exact at every M. Forced here at M = 10 by setting the threshold to 0."""
+
+    def one_step(threshold):
+        X, y = _data("bernoulli")
+        torch.manual_seed(0)
+        model = SVGP(X[:10].clone(), NatviVariationalDistribution(10, dtype=DT)).to(DT)
+        mll = gpytorch.mlls.VariationalELBO(_likelihood("bernoulli"), model, num_data=len(y))
+        opt = NaturalGradient(model.variational_parameters(), num_data=len(y), lr=0.5)
+        model.train()
+        with gpytorch.settings.max_cholesky_size(threshold):
+            loss = -mll(model(X), y)
+            loss.backward()
+            opt.step()
+        q = model.variational_strategy.variational_distribution
+        return loss.detach(), q.mean.detach(), q.covariance_matrix.detach()
+
+    for a, b in zip(one_step(0), one_step(10**6)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
