@@ -25,11 +25,23 @@ def parser(name: str, description: str, threads: bool = False) -> argparse.Argum
     on a shared machine, thread contention inflates the many small ``M × M`` operations)."""
     p = argparse.ArgumentParser(prog=f"python -m benchmarks {name}", description=description)
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 2 min)")
-    p.add_argument("--out", type=Path, default=Path("results"), help="results folder")
+    p.add_argument("--out", type=results_folder, default=Path("results"), help="results folder")
     p.add_argument("--seed", type=int, default=0)
     if threads:
         p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     return p
+
+
+def results_folder(value: str) -> Path:
+    """``--out``: a folder that is, or can be made (with its parents), a writable directory —
+    checked when the arguments are parsed, so a bad path is one line and exit 2 before any work."""
+    path = Path(value)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{value}: directory {existing} is not writable")
+    return path
 
 
 def out_dir(args: argparse.Namespace, name: str) -> Path:
