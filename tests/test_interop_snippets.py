@@ -7,7 +7,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 import natvi.gp.gpytorch
 
@@ -39,12 +38,7 @@ def _run(code: str) -> dict:
     return namespace
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_readme_gpytorch_snippet_runs_and_learns():

@@ -39,15 +39,12 @@ DT = torch.float64
 
 
 @pytest.fixture(autouse=True)
-def _fresh_pyro():
+def _fresh_pyro(one_thread):
     """Fresh param store, seeded; one thread (tiny tensors: threads only add overhead)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
-    torch.set_num_threads(threads)
 
 
 def _regression_data(sigma: float = SIGMA):

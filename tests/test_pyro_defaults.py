@@ -20,15 +20,13 @@ DT = torch.float64
 
 
 @pytest.fixture(autouse=True)
-def _fresh_pyro():
-    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    torch.set_num_threads(1)
+def _fresh_pyro(one_thread):
+    dtype = torch.get_default_dtype()
     torch.set_default_dtype(DT)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
-    torch.set_num_threads(threads)
     torch.set_default_dtype(dtype)
 
 

@@ -15,13 +15,7 @@ from tests.expfam.families import dense_fisher
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small per-step ops: one intra-op thread (two spin badly on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(s=4, cards=(3, 2, 4), n=200, seed=0):
