@@ -126,7 +126,7 @@ class Parameterization:
         # against I, is fine despite its wrong JVP; see natvi._linalg)
         S, m = symmetrize(torch.cholesky_inverse(L_P)), cho_solve_vec(theta1, L_P)
         ok = bool(torch.isfinite(m).all()) and _round_trip_ok(P, S, m)
-        if ok:
+        if ok and self.natural_coordinates:  # only Natural's forward pass reads it
             remember_factor(P, L_P, S)
         return ok
 

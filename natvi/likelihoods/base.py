@@ -182,8 +182,8 @@ class Likelihood(nn.Module):
     ) -> tuple[Tensor, ...]:
         """``(log p(y | F), ∂_F log p, [∂²_F log p])`` elementwise, for one latent function.
 
-        Optional: a one-latent likelihood whose class defines it *together with*
-        :meth:`log_prob` gets the fused Gauss–Hermite expectation (the backward pass from these
+        Optional: a one-latent likelihood without trainable parameters whose class defines it
+        *together with* :meth:`log_prob` gets the fused Gauss–Hermite expectation (the backward pass from these
         derivatives, not a replay of the quadrature grid); others — including a subclass that
         overrides only ``log_prob`` — keep autodiff of :meth:`log_prob`.
         """
@@ -191,9 +191,13 @@ class Likelihood(nn.Module):
 
     @property
     def analytic_derivatives(self) -> bool:
-        """Whether :meth:`log_prob_derivatives` is defined alongside this :meth:`log_prob`."""
+        """Whether :meth:`log_prob_derivatives` is defined alongside this :meth:`log_prob`, and
+        the likelihood has no trainable parameters (the fused backward differentiates in the
+        latent ``f`` only, so a likelihood with its own parameters keeps autodiff)."""
         owner = _defined_in(type(self), "log_prob_derivatives")
-        return owner is not Likelihood and owner is _defined_in(type(self), "log_prob")
+        if owner is Likelihood or owner is not _defined_in(type(self), "log_prob"):
+            return False
+        return not any(p.requires_grad for p in self.parameters())
 
     def check_y(self, y: Tensor) -> Tensor:
         """Validate labels ``y [N]`` (``ValueError`` outside the support); return them as used."""

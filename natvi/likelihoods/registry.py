@@ -19,11 +19,11 @@ name               class                         targets     estimator
 =================  ============================  ==========  ==================================
 
 Example:
-    >>> from natvi.likelihoods import by_name, name_of
+    >>> from natvi.likelihoods import by_name, check_targets, name_of
     >>> lik = by_name("studentt", scale=0.3)
     >>> name_of(lik)
     'studentt'
-    >>> check_targets("poisson", [0, 3, 1])      # float64 counts; -1 or 0.5 raise ValueError
+    >>> _ = check_targets("poisson", [0, 3, 1])  # float64 counts; -1 or 0.5 raise ValueError
 """
 
 from __future__ import annotations

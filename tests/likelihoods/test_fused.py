@@ -92,3 +92,33 @@ def test_log_ndtr_equals_torchs_everywhere_and_differentiates_through_the_tail()
     (g_ref,) = torch.autograd.grad(ref.sum(), t)
     assert bool(torch.isfinite(g).all())
     torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-14)
+
+
+class _ScaledLogit(Bernoulli):
+    """A user likelihood with a trainable parameter and analytic ∂_f: p(y | f) = σ(s · a f)."""
+
+    def __init__(self):
+        super().__init__(link="logit")
+        self.a = torch.nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
+
+    def log_prob(self, F, y):
+        return super().log_prob(self.a * F, y)
+
+    def log_prob_derivatives(self, F, y, second=False):
+        out = super().log_prob_derivatives(self.a * F, y, second)
+        return (out[0], *(d * self.a ** (k + 1) for k, d in enumerate(out[1:])))
+
+
+def test_a_likelihood_with_trainable_parameters_keeps_autodiff_so_they_get_gradients():
+    lik = _ScaledLogit()
+    assert not lik.analytic_derivatives  # the fused backward would drop ∂/∂a
+    f_mean, f_var, y = _inputs()
+    value = lik.variational_expectations(f_mean, f_var, y).sum()
+    (grad_a,) = torch.autograd.grad(value, lik.a)
+    with torch.no_grad():
+        lik.a.requires_grad_(False)
+        assert lik.analytic_derivatives  # frozen: the fused path is exact again
+        lik.a.requires_grad_(True)
+    ref = lik.quadrature_expectations(f_mean, f_var, y).sum()
+    torch.testing.assert_close(grad_a, torch.autograd.grad(ref, lik.a)[0], rtol=1e-12, atol=0)
+    assert float(grad_a) != 0.0
