@@ -277,6 +277,7 @@ def fit(
     if resume and path is not None and path.exists():
         state = _load_checkpoint(path, method)
         backup = {k: v.clone() for k, v in model.state_dict().items()}
+        rng = torch.get_rng_state()
         try:
             model.load_state_dict(state["model"])
             q_opt.load_state_dict(state["q_optimizer"])
@@ -288,6 +289,7 @@ def fit(
             start, elapsed = int(state["iteration"]), float(state["elapsed"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
             model.load_state_dict(backup)
+            torch.set_rng_state(rng)
             raise ValueError(
                 f"{path}: the checkpoint does not match this model and optimiser "
                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "

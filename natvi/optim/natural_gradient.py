@@ -248,9 +248,6 @@ class NaturalGradient(Optimizer):
             max_tries=self.safeguard.max_tries,
             strict=isinstance(self.safeguard, Strict),
         )
-        for b in blocks:
-            for q in b.params:
-                self.state[q]["step"] = b.step + 1
         if isinstance(self.safeguard, Strict) and any(r.kind == "skipped" for r in records):
             r = next(r for r in records if r.kind == "skipped")
             raise ValueError(
@@ -259,6 +256,9 @@ class NaturalGradient(Optimizer):
                 f"a Gaussian, or a non-finite loss: {r.reason}); q is unchanged. Use a smaller "
                 "lr, a warm-up schedule, or safeguard='backoff'."
             )
+        for b in blocks:  # (after the Strict refusal: a refused step leaves the schedule too)
+            for q in b.params:
+                self.state[q]["step"] = b.step + 1
         self.last_records = records
         self.step_records.extend(records)
         advice = "Kept q valid and the loss finite."

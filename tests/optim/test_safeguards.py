@@ -50,6 +50,15 @@ def test_strict_restores_q_bit_identically_and_raises_on_an_invalid_step():
     assert _identical(before, model.q.xi())
 
 
+def test_a_refused_strict_step_leaves_the_schedule_where_it_was():
+    model, X, y = _overconfident_model()
+    opt = NaturalGradient.for_model(model, lr=3.0, safeguard="none")
+    _grad(model, X, y)
+    with pytest.raises(ValueError, match="invalid"):
+        opt.step()
+    assert all(opt.state[p].get("step", 0) == 0 for p in model.q.xi())
+
+
 def test_backoff_shrinks_lr_until_valid_and_records_the_event():
     model, X, y = _overconfident_model()
     opt = NaturalGradient.for_model(model, lr=3.0)
