@@ -10,7 +10,10 @@ Methods (each on one thread):
 
 - ``natvi``: ``natvi.gp.SVGP`` in ``Natural()`` coordinates + ``natvi.optim.NaturalGradient``;
 - ``interop``: GPyTorch ``ApproximateGP`` with natvi's ``NatviVariationalDistribution``
-  (``Natural()``) + ``NaturalGradient(num_data=N)`` on GPyTorch's ``VariationalELBO``;
+  (``Natural()``) + ``NaturalGradient(num_data=N)`` on GPyTorch's ``VariationalELBO``, under
+  natvi's ``NatviVariationalStrategy`` (whitened; unwhitened: GPyTorch's
+  ``UnwhitenedVariationalStrategy``); with ``--interop-stock`` also ``interop_stock``, the same
+  under GPyTorch's own ``VariationalStrategy`` (the path before that strategy existed);
 - ``gpytorch``: GPyTorch ``NaturalVariationalDistribution`` + ``gpytorch.optim.NGD``;
 - ``gpflow``: GPflow ``SVGP`` + ``NaturalGradient`` under ``tf.function``, run by
   ``benchmarks/_gpflow_peer.py`` in GPflow's own virtual environment: pass
@@ -25,7 +28,8 @@ are interleaved repeat by repeat in this process (load changes hit them alike); 
 right after them in a subprocess. Medians after warm-up; ratios < 1 mean natvi is cheaper.
 
 Run: ``python -m benchmarks step_cost [--quick] [--gpflow-python PATH | --install-gpflow DIR]``
-(``--M``, ``--likelihood``, ``--whiten``, ``--dtype`` select part of the grid).
+(``--M``, ``--likelihood``, ``--whiten``, ``--dtype`` select part of the grid;
+``--interop-stock`` adds the ``interop_stock`` column).
 """
 
 from __future__ import annotations
@@ -110,10 +114,15 @@ def natvi_step(p: dict, likelihood: str, whiten: bool, dtype: torch.dtype):
 
 
 class _GPyTorchModel(gpytorch.models.ApproximateGP):
-    def __init__(self, p: dict, q, whiten: bool, num_latent: int, dtype: torch.dtype) -> None:
+    def __init__(self, p: dict, q, whiten: bool, num_latent: int, dtype: torch.dtype,
+                 natvi_strategy: bool = True) -> None:
+        from natvi.gp.gpytorch import NatviVariationalDistribution, NatviVariationalStrategy
+
         Z = torch.as_tensor(p["Z"], dtype=dtype)
         cls = (gpytorch.variational.VariationalStrategy if whiten
                else gpytorch.variational.UnwhitenedVariationalStrategy)
+        if whiten and isinstance(q, NatviVariationalDistribution) and natvi_strategy:
+            cls = NatviVariationalStrategy
         strategy = cls(self, Z, q, learn_inducing_locations=False)
         batch = ()
         if num_latent > 1:
@@ -129,7 +138,8 @@ class _GPyTorchModel(gpytorch.models.ApproximateGP):
         return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
 
 
-def gpytorch_step(p: dict, likelihood: str, whiten: bool, dtype: torch.dtype, interop: bool):
+def gpytorch_step(p: dict, likelihood: str, whiten: bool, dtype: torch.dtype, interop: bool,
+                  natvi_strategy: bool = True):
     """GPyTorch's NGD (``interop=False``) or natvi's distribution + optimiser inside GPyTorch."""
     from natvi.gp.gpytorch import NatviVariationalDistribution
     from natvi.optim import NaturalGradient
@@ -144,7 +154,7 @@ def gpytorch_step(p: dict, likelihood: str, whiten: bool, dtype: torch.dtype, in
                                          dtype=dtype)
     else:
         q = gpytorch.variational.NaturalVariationalDistribution(M, batch_shape=batch)
-    model = _GPyTorchModel(p, q, whiten, L, dtype)
+    model = _GPyTorchModel(p, q, whiten, L, dtype, natvi_strategy)
     if L == 1:
         lik = gpytorch.likelihoods.BernoulliLikelihood()
         y = torch.as_tensor(p["Y"], dtype=dtype)
@@ -194,8 +204,9 @@ def gpflow_times(python: Path, p: dict, cfg: dict) -> dict:
 
 
 def measure(p: dict, likelihood: str, whiten: bool, dtype_name: str, repeats: int, warmup: int,
-            gpflow_python: Path | None) -> dict:
+            gpflow_python: Path | None, interop_stock: bool = False) -> dict:
     dtype = getattr(torch, dtype_name)
+    methods = TORCH_METHODS + (("interop_stock",) if interop_stock else ())
     M, N = p["Z"].shape[0], p["X"].shape[0]
     row: dict = {"likelihood": likelihood, "whiten": whiten, "dtype": dtype_name, "M": M, "N": N}
     steps, failed = {}, {}
@@ -203,16 +214,19 @@ def measure(p: dict, likelihood: str, whiten: bool, dtype_name: str, repeats: in
     steps["natvi"] = natvi
     steps["interop"] = gpytorch_step(p, likelihood, whiten, dtype, interop=True)
     steps["gpytorch"] = gpytorch_step(p, likelihood, whiten, dtype, interop=False)
-    times: dict[str, list[float]] = {name: [] for name in TORCH_METHODS}
+    if interop_stock:
+        steps["interop_stock"] = gpytorch_step(p, likelihood, whiten, dtype, interop=True,
+                                               natvi_strategy=False)
+    times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(warmup):
-        for name in TORCH_METHODS:
+        for name in methods:
             if name not in failed:
                 try:
                     steps[name]()
                 except Exception as e:  # noqa: BLE001 - a failing method is a result
                     failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
     for _ in range(repeats):
-        for name in TORCH_METHODS:
+        for name in methods:
             if name in failed:
                 continue
             t0 = time.perf_counter()
@@ -221,7 +235,7 @@ def measure(p: dict, likelihood: str, whiten: bool, dtype_name: str, repeats: in
             except Exception as e:  # noqa: BLE001
                 failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
             times[name].append(time.perf_counter() - t0)
-    for name in TORCH_METHODS:
+    for name in methods:
         row[f"{name}_ms"] = math.nan if name in failed else 1e3 * _common.median(times[name])
     row["gpflow_ms"], row["gpflow_elbo0"] = math.nan, math.nan
     if gpflow_python is not None:
@@ -240,6 +254,8 @@ def measure(p: dict, likelihood: str, whiten: bool, dtype_name: str, repeats: in
     row["natvi / gpytorch"] = row["natvi_ms"] / row["gpytorch_ms"]
     row["natvi / gpflow"] = row["natvi_ms"] / row["gpflow_ms"]
     row["interop / gpytorch"] = row["interop_ms"] / row["gpytorch_ms"]
+    if interop_stock:
+        row["interop_stock / gpytorch"] = row["interop_stock_ms"] / row["gpytorch_ms"]
     row["failed"] = "; ".join(f"{k}: {v}" for k, v in failed.items())
     return row
 
@@ -280,6 +296,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dtype", nargs="+", choices=("float64", "float32"), default=None)
     parser.add_argument("--N", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--interop-stock", action="store_true",
+                        help="also time the interop q under GPyTorch's own VariationalStrategy")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     grid = dict(QUICK if args.quick else FULL)
@@ -298,7 +316,7 @@ def main(argv: list[str]) -> int:
                 for M in grid["M"]:
                     p = problem(grid["N"], M, likelihood, args.seed)
                     rows.append(measure(p, likelihood, whiten, dtype, grid["repeats"],
-                                        grid["warmup"], python))
+                                        grid["warmup"], python, args.interop_stock))
                     print(_common.markdown_table(rows[-1:]), flush=True)
     d = _common.out_dir(args, NAME)
     _common.write_csv(d / "step_cost.csv", rows)

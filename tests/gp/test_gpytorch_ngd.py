@@ -1,6 +1,7 @@
 """GPyTorch's documented natural-gradient SVGP recipe, run with GPyTorch's lr values on natvi's
 ``NaturalGradient(model.variational_parameters(), num_data=N)``: the same trajectory as
-GPyTorch's ``NGD``. And the clear error when an ordinary optimiser gets natvi's q."""
+GPyTorch's ``NGD``, under GPyTorch's ``VariationalStrategy`` and natvi's
+``NatviVariationalStrategy``. And the clear error when an ordinary optimiser gets natvi's q."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from gpytorch.variational import NaturalVariationalDistribution, VariationalStrategy
 
-from natvi.gp.gpytorch import NatviVariationalDistribution
+from natvi.gp.gpytorch import NatviVariationalDistribution, NatviVariationalStrategy
 from natvi.optim import NaturalGradient
 from natvi.parameterizations import MeanCholesky, Natural
 
@@ -19,9 +20,8 @@ DT = torch.float64
 class SVGP(gpytorch.models.ApproximateGP):
     """The model of GPyTorch's "Natural Gradient Descent" example notebook."""
 
-    def __init__(self, Z, variational_distribution):
-        strategy = VariationalStrategy(self, Z, variational_distribution,
-                                       learn_inducing_locations=True)
+    def __init__(self, Z, variational_distribution, strategy=VariationalStrategy):
+        strategy = strategy(self, Z, variational_distribution, learn_inducing_locations=True)
         super().__init__(strategy)
         self.mean_module = gpytorch.means.ConstantMean()
         self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())
@@ -45,8 +45,9 @@ def _likelihood(task):
     return gpytorch.likelihoods.BernoulliLikelihood().to(DT)
 
 
-def _run(task, natvi: bool, iterations=25):
-    """GPyTorch's recipe: NGD(lr=0.1, num_data=N) on q, Adam(lr=0.01) on the rest."""
+def _run(task, natvi: bool, iterations=25, strategy=VariationalStrategy):
+    """GPyTorch's recipe: NGD(lr=0.1, num_data=N) on q, Adam(lr=0.01) on the rest (Z, the mean
+    and kernel hyperparameters, the likelihood's); natvi's q under ``strategy``."""
     X, y = _data(task)
     N, Z = len(y), X[:10].clone()
     torch.manual_seed(0)
@@ -54,7 +55,8 @@ def _run(task, natvi: bool, iterations=25):
     reference.train()
     reference(X[:2])  # GPyTorch initialises q from the prior on the first call
     if natvi:
-        model = SVGP(Z, NatviVariationalDistribution(len(Z), parameterization=Natural())).to(DT)
+        model = SVGP(Z, NatviVariationalDistribution(len(Z), parameterization=Natural()),
+                     strategy).to(DT)
         vd = model.variational_strategy._variational_distribution
         with torch.no_grad():
             ref_vd = reference.variational_strategy._variational_distribution
@@ -84,18 +86,22 @@ def _run(task, natvi: bool, iterations=25):
     return torch.stack(losses), q.mean.detach(), q.covariance_matrix.detach()
 
 
+@pytest.mark.parametrize("strategy", [VariationalStrategy, NatviVariationalStrategy],
+                         ids=lambda c: c.__name__)
 @pytest.mark.parametrize("task", ["gaussian", "bernoulli"])
-def test_gpytorch_lr_values_give_gpytorch_ngd_trajectory(task):
-    ours, theirs = _run(task, natvi=True), _run(task, natvi=False)
+def test_gpytorch_lr_values_give_gpytorch_ngd_trajectory(task, strategy):
+    ours, theirs = _run(task, natvi=True, strategy=strategy), _run(task, natvi=False)
     assert float(theirs[0][-1]) < float(theirs[0][0]) - 0.05  # the recipe does learn
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_lr_one_with_num_data_is_the_conjugate_optimum_on_a_per_datum_loss():
+@pytest.mark.parametrize("strategy", [VariationalStrategy, NatviVariationalStrategy],
+                         ids=lambda c: c.__name__)
+def test_lr_one_with_num_data_is_the_conjugate_optimum_on_a_per_datum_loss(strategy):
     X, y = _data("gaussian")
     N, Z = len(y), X[:10].clone()
-    model = SVGP(Z, NatviVariationalDistribution(len(Z), dtype=DT)).to(DT)
+    model = SVGP(Z, NatviVariationalDistribution(len(Z), dtype=DT), strategy).to(DT)
     likelihood = _likelihood("gaussian")
     mll = gpytorch.mlls.VariationalELBO(likelihood, model, num_data=N)
     opt = NaturalGradient(model.variational_parameters(), num_data=N, lr=1.0)
@@ -127,7 +133,9 @@ def test_an_ordinary_optimiser_on_constrained_q_coordinates_fails_before_any_ste
     torch.optim.SGD(baseline.to(DT).parameters(), lr=0.01).step()
 
 
-def test_elbo_and_natural_step_do_not_depend_on_gpytorchs_max_cholesky_size():
+@pytest.mark.parametrize("strategy", [VariationalStrategy, NatviVariationalStrategy],
+                         ids=lambda c: c.__name__)
+def test_elbo_and_natural_step_do_not_depend_on_gpytorchs_max_cholesky_size(strategy):
     """Above ``max_cholesky_size`` (800 by default) GPyTorch treats a dense covariance with CG and
     a stochastic log det; natvi hands it S as a Cholesky factor, so the loss and the natural step
     are exact at every M. Forced here at M = 10 by setting the threshold to 0."""
@@ -135,7 +143,7 @@ def test_elbo_and_natural_step_do_not_depend_on_gpytorchs_max_cholesky_size():
     def one_step(threshold):
         X, y = _data("bernoulli")
         torch.manual_seed(0)
-        model = SVGP(X[:10].clone(), NatviVariationalDistribution(10, dtype=DT)).to(DT)
+        model = SVGP(X[:10].clone(), NatviVariationalDistribution(10, dtype=DT), strategy).to(DT)
         mll = gpytorch.mlls.VariationalELBO(_likelihood("bernoulli"), model, num_data=len(y))
         opt = NaturalGradient(model.variational_parameters(), num_data=len(y), lr=0.5)
         model.train()

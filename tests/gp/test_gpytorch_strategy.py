@@ -1,0 +1,193 @@
+"""``NatviVariationalStrategy`` against GPyTorch's own whitened ``VariationalStrategy`` (the
+independent reference): the same ELBO, gradients, KL and predictions in every parameterisation,
+the same natural-gradient trajectory for a multi-latent (softmax) model as GPyTorch's ``NGD``,
+and its fall-backs (eval mode, M ≥ N) and errors."""
+
+from __future__ import annotations
+
+import gpytorch
+import pytest
+import torch
+from gpytorch.variational import (
+    IndependentMultitaskVariationalStrategy,
+    NaturalVariationalDistribution,
+    VariationalStrategy,
+)
+
+from natvi.gp.gpytorch import NatviVariationalDistribution, NatviVariationalStrategy
+from natvi.optim import NaturalGradient
+from natvi.parameterizations import BUILTIN, Natural
+
+DT = torch.float64
+CLASSES = 3
+
+
+class GPModel(gpytorch.models.ApproximateGP):
+    """Learned Z, constant mean, scaled RBF; ``num_latent > 1`` wraps the strategy in
+    GPyTorch's ``IndependentMultitaskVariationalStrategy`` (one latent per class)."""
+
+    def __init__(self, Z, q_u, strategy, num_latent=1):
+        s = strategy(self, Z, q_u, learn_inducing_locations=True)
+        batch = torch.Size([num_latent] if num_latent > 1 else [])
+        if num_latent > 1:
+            s = IndependentMultitaskVariationalStrategy(s, num_tasks=num_latent)
+        super().__init__(s)
+        self.mean_module = gpytorch.means.ConstantMean(batch_shape=batch)
+        self.covar_module = gpytorch.kernels.ScaleKernel(
+            gpytorch.kernels.RBFKernel(batch_shape=batch), batch_shape=batch)
+
+    def forward(self, x):
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+
+def _data(N=60, classes=2, dtype=DT):
+    g = torch.Generator().manual_seed(0)
+    X = (torch.rand(N, 2, generator=g, dtype=DT) * 4 - 2).to(dtype)
+    f = torch.sin(2 * X[:, 0]) + X[:, 1]
+    if classes == 2:
+        return X, (f > 0).to(dtype)
+    return X, torch.bucketize(f, torch.tensor([-0.5, 0.5], dtype=dtype))
+
+
+def _pair(p, M=8, num_latent=1, dtype=DT):
+    """The same random q, kernel and Z under GPyTorch's strategy and natvi's."""
+    X, _ = _data(dtype=dtype)
+    batch = (num_latent,) if num_latent > 1 else ()
+    models = []
+    for strategy in (VariationalStrategy, NatviVariationalStrategy):
+        q_u = NatviVariationalDistribution(M, batch_shape=batch, parameterization=p, dtype=dtype)
+        model = GPModel(X[:M].clone(), q_u, strategy, num_latent).to(dtype)
+        g = torch.Generator().manual_seed(1)
+        m = torch.randn(*batch, M, generator=g, dtype=DT)
+        if p.diagonal:
+            S = 0.2 + torch.rand(*batch, M, generator=g, dtype=DT)
+        else:
+            B = torch.randn(*batch, M, M, generator=g, dtype=DT) / M**0.5
+            S = B @ B.mT + 0.3 * torch.eye(M, dtype=DT)
+        q_u.q.set_meancov(m.to(dtype), S.to(dtype))
+        with torch.no_grad():
+            model.covar_module.base_kernel.lengthscale = 0.8
+            model.covar_module.outputscale = 1.3
+            model.mean_module.constant.fill_(0.2)
+        _base(model).variational_params_initialized.fill_(1)
+        models.append(model)
+    return models
+
+
+def _base(model):
+    s = model.variational_strategy
+    return getattr(s, "base_variational_strategy", s)
+
+
+def _loss_and_grads(model, likelihood, X, y):
+    model.train()
+    mll = gpytorch.mlls.VariationalELBO(likelihood, model, num_data=len(y))
+    loss = -mll(model(X), y)
+    params = [*model.parameters()]
+    return loss.detach(), torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("cls", BUILTIN, ids=lambda c: c.__name__)
+def test_elbo_and_its_gradients_equal_gpytorchs_strategy_in_every_parameterization(cls):
+    X, y = _data()
+    theirs, ours = _pair(cls())
+    lik = gpytorch.likelihoods.BernoulliLikelihood().to(DT)
+    (l_ref, g_ref), (l_ours, g_ours) = (_loss_and_grads(m, lik, X, y) for m in (theirs, ours))
+    torch.testing.assert_close(l_ours, l_ref, rtol=1e-12, atol=0)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    for a, b in zip(g_ours, g_ref):  # ξ, Z, mean and kernel hyperparameters
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_kl_divergence_equals_gpytorchs_for_every_latent():
+    theirs, ours = _pair(Natural(), num_latent=CLASSES)
+    kl_ref, kl_ours = (_base(m).kl_divergence() for m in (theirs, ours))
+    assert kl_ours.shape == (CLASSES,)
+    torch.testing.assert_close(kl_ours, kl_ref, rtol=1e-12, atol=0)
+
+
+def test_softmax_multi_latent_follows_gpytorch_ngd_trajectory():
+    """Three latents under ``IndependentMultitaskVariationalStrategy``, Monte Carlo softmax with
+    the same draws (same seed), Adam on Z and the hyperparameters: natvi's strategy + q +
+    ``NaturalGradient`` track ``NaturalVariationalDistribution`` + ``NGD`` step for step."""
+    X, y = _data(classes=CLASSES)
+    N, M = len(y), 8
+    runs = []
+    for natvi in (False, True):
+        torch.manual_seed(0)
+        if natvi:
+            q_u = NatviVariationalDistribution(M, batch_shape=(CLASSES,), dtype=DT)
+            model = GPModel(X[:M].clone(), q_u, NatviVariationalStrategy, CLASSES).to(DT)
+            ngd = NaturalGradient(model.variational_parameters(), num_data=N, lr=0.1)
+        else:
+            q_u = NaturalVariationalDistribution(M, batch_shape=torch.Size([CLASSES]))
+            model = GPModel(X[:M].clone(), q_u, VariationalStrategy, CLASSES).to(DT)
+            ngd = gpytorch.optim.NGD(model.variational_parameters(), num_data=N, lr=0.1)
+        with torch.no_grad():  # q at the prior, no mean jitter: the same start for both
+            model.covar_module.base_kernel.lengthscale = 0.8
+            prior = _base(model).prior_distribution
+            if natvi:
+                q_u.q.set_meancov(prior.mean, prior.covariance_matrix)
+            else:
+                q_u.natural_vec.zero_()
+                q_u.natural_mat.copy_(-0.5 * torch.eye(M, dtype=DT).expand(CLASSES, M, M))
+        _base(model).variational_params_initialized.fill_(1)
+        lik = gpytorch.likelihoods.SoftmaxLikelihood(num_classes=CLASSES,
+                                                     mixing_weights=False).to(DT)
+        mll = gpytorch.mlls.VariationalELBO(lik, model, num_data=N)
+        adam = torch.optim.Adam(model.hyperparameters(), lr=0.01)
+        losses = []
+        for i in range(8):
+            torch.manual_seed(100 + i)
+            ngd.zero_grad()
+            adam.zero_grad()
+            with gpytorch.settings.num_likelihood_samples(16):
+                loss = -mll(model(X), y)
+            loss.backward()
+            ngd.step()
+            adam.step()
+            losses.append(loss.detach())
+        q = _base(model).variational_distribution
+        runs.append((torch.stack(losses), q.mean.detach(), q.covariance_matrix.detach()))
+    assert float(runs[0][0][-1]) < float(runs[0][0][0]) - 0.05  # it learns
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_eval_mode_predictions_are_gpytorchs():
+    X, _ = _data()
+    Xs = torch.linspace(-2, 2, 7, dtype=DT).unsqueeze(-1).expand(7, 2)
+    theirs, ours = _pair(Natural())
+    for m in (theirs, ours):
+        m.eval()
+    with torch.no_grad():
+        ref, out = theirs(Xs), ours(Xs)
+    torch.testing.assert_close(out.mean, ref.mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.covariance_matrix, ref.covariance_matrix, rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_fewer_points_than_inducing_points_take_gpytorchs_path():
+    X, y = _data()
+    theirs, ours = _pair(Natural())
+    lik = gpytorch.likelihoods.BernoulliLikelihood().to(DT)
+    (l_ref, g_ref), (l_ours, g_ours) = (_loss_and_grads(m, lik, X[:5], y[:5])
+                                        for m in (theirs, ours))
+    torch.testing.assert_close(l_ours, l_ref, rtol=1e-12, atol=0)
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_float32_model_matches_gpytorchs_strategy_in_float32():
+    X, y = _data(dtype=torch.float32)
+    theirs, ours = _pair(Natural(), dtype=torch.float32)
+    lik = gpytorch.likelihoods.BernoulliLikelihood()
+    (l_ref, _), (l_ours, g_ours) = (_loss_and_grads(m, lik, X, y) for m in (theirs, ours))
+    assert l_ours.dtype == torch.float32 and all(g.dtype == torch.float32 for g in g_ours)
+    torch.testing.assert_close(l_ours, l_ref, rtol=1e-5, atol=0)
+
+
+def test_a_gpytorch_distribution_is_refused_with_what_to_use_instead():
+    X, _ = _data()
+    with pytest.raises(TypeError, match="NatviVariationalDistribution.*VariationalStrategy"):
+        GPModel(X[:8].clone(), NaturalVariationalDistribution(8), NatviVariationalStrategy)
