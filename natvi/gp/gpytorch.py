@@ -62,6 +62,8 @@ from linear_operator.operators import (
     CholLinearOperator,
     DenseLinearOperator,
     DiagLinearOperator,
+    MatmulLinearOperator,
+    SumLinearOperator,
     TriangularLinearOperator,
 )
 from linear_operator.utils.cholesky import psd_safe_cholesky
@@ -174,6 +176,20 @@ class NatviVariationalDistribution(_VariationalDistribution):
         self.q.set_meancov(mean.to(self.dtype), cov.to(self.dtype))
 
 
+class _KnownDiagonal(MatmulLinearOperator):
+    """``left @ right`` whose diagonal was already computed (``diagonal [*b, N]``); any
+    reshaped, indexed or transposed copy is a plain product again."""
+
+    def __init__(self, left, right, diagonal: Tensor | None = None) -> None:
+        super().__init__(left, right)
+        self._known_diagonal = diagonal
+
+    def _diagonal(self) -> Tensor:
+        if self._known_diagonal is None:
+            return super()._diagonal()
+        return self._known_diagonal
+
+
 class NatviVariationalStrategy(VariationalStrategy):
     r"""GPyTorch's whitened ``VariationalStrategy`` for a :class:`NatviVariationalDistribution`,
     computed from q's moments directly: the same ELBO and natural step, fewer operations.
@@ -237,20 +253,34 @@ class NatviVariationalStrategy(VariationalStrategy):
     def forward(self, x: Tensor, inducing_points: Tensor, inducing_values: Tensor,
                 variational_inducing_covar=None, diag: bool = True, **kwargs) -> MultivariateNormal:
         num_induc = inducing_points.size(-2)
-        if not (diag and self.training and num_induc < x.size(-2)):
+        if not (self.training and num_induc < x.size(-2)):
             return super().forward(x, inducing_points, inducing_values,
                                    variational_inducing_covar, diag=diag, **kwargs)
         full_output = self.model.forward(torch.cat([inducing_points, x], dim=-2), **kwargs)
         full_covar = full_output.lazy_covariance_matrix
         K_z = full_covar[..., :num_induc, :].to_dense()  # [K_zz, K_zx]: one kernel evaluation
         K_zz, K_zx = K_z[..., :num_induc], K_z[..., num_induc:]
-        kxx = full_covar[..., num_induc:, num_induc:].diagonal(dim1=-1, dim2=-2)
+        data_data = full_covar[..., num_induc:, num_induc:].add_jitter(self.jitter_val)
         eye = torch.eye(num_induc, dtype=K_zz.dtype, device=K_zz.device)
         L_zz = psd_safe_cholesky((K_zz + self.jitter_val * eye).type(_linalg_dtype_cholesky.value()))
+        L_zz = L_zz.type(K_zx.dtype)
         m, S, _ = self.moments()
-        mean, var = marginals(L_zz.type(K_zx.dtype), K_zx, kxx + self.jitter_val, m, S,
-                              self._variational_distribution.parameterization.diagonal)
-        return MultivariateNormal(full_output.mean[..., num_induc:] + mean, DiagLinearOperator(var))
+        diagonal = self._variational_distribution.parameterization.diagonal
+        prior_mean = full_output.mean[..., num_induc:]
+        if diag:
+            mean, var = marginals(L_zz, K_zx, data_data.diagonal(dim1=-1, dim2=-2), m, S,
+                                  diagonal)
+            return MultivariateNormal(prior_mean + mean, DiagLinearOperator(var))
+        mean, var_update = marginals(L_zz, K_zx, torch.zeros((), dtype=m.dtype, device=m.device),
+                                     m, S, diagonal)
+        # The full covariance K_xx + jitter·I + K_xz C K_zx, C = L_zz⁻ᵀ (S − I) L_zz⁻¹, evaluated
+        # only on demand; its diagonal is ``var`` (IndependentMultitaskVariationalStrategy asks
+        # for diag=False and then reads only the variances in training).
+        D = (torch.diag_embed(S) if diagonal else S) - eye
+        C = torch.linalg.solve_triangular(L_zz.mT, D, upper=True)  # L⁻ᵀ (S − I)
+        C = torch.linalg.solve_triangular(L_zz.mT, C.mT, upper=True)  # L⁻ᵀ (S − I) L⁻¹
+        update = _KnownDiagonal(K_zx.mT, MatmulLinearOperator(C, K_zx), var_update)
+        return MultivariateNormal(prior_mean + mean, SumLinearOperator(data_data, update))
 
     def kl_divergence(self) -> Tensor:
         """``KL(q(v) ‖ N(0, I)) [*b]`` in closed form from q's moments (no factorisation of S)."""

@@ -191,3 +191,23 @@ def test_a_gpytorch_distribution_is_refused_with_what_to_use_instead():
     X, _ = _data()
     with pytest.raises(TypeError, match="NatviVariationalDistribution.*VariationalStrategy"):
         GPModel(X[:8].clone(), NaturalVariationalDistribution(8), NatviVariationalStrategy)
+
+
+def test_full_training_covariance_and_its_gradients_are_gpytorchs():
+    """``diag=False`` (as ``IndependentMultitaskVariationalStrategy`` asks): the whole predictive
+    covariance, off-diagonal entries included, and the gradients of a loss that reads them."""
+    X, _ = _data()
+    theirs, ours = _pair(Natural())
+    out = []
+    for model in (theirs, ours):
+        model.train()
+        f = model.variational_strategy(X, diag=False)
+        cov = f.lazy_covariance_matrix
+        loss = cov.to_dense().square().sum() + f.variance.sum() + f.mean.sum()
+        out.append((cov.to_dense().detach(), f.variance.detach(),
+                    torch.autograd.grad(loss, [*model.parameters()])))
+    (c_ref, v_ref, g_ref), (c_ours, v_ours, g_ours) = out
+    torch.testing.assert_close(c_ours, c_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(v_ours, v_ref, rtol=1e-12, atol=1e-14)
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
