@@ -260,7 +260,7 @@ class NatviVariationalStrategy(VariationalStrategy):
         full_covar = full_output.lazy_covariance_matrix
         K_z = full_covar[..., :num_induc, :].to_dense()  # [K_zz, K_zx]: one kernel evaluation
         K_zz, K_zx = K_z[..., :num_induc], K_z[..., num_induc:]
-        data_data = full_covar[..., num_induc:, num_induc:].add_jitter(self.jitter_val)
+        data_data = full_covar[..., num_induc:, num_induc:]
         eye = torch.eye(num_induc, dtype=K_zz.dtype, device=K_zz.device)
         L_zz = psd_safe_cholesky((K_zz + self.jitter_val * eye).type(_linalg_dtype_cholesky.value()))
         L_zz = L_zz.type(K_zx.dtype)
@@ -268,8 +268,8 @@ class NatviVariationalStrategy(VariationalStrategy):
         diagonal = self._variational_distribution.parameterization.diagonal
         prior_mean = full_output.mean[..., num_induc:]
         if diag:
-            mean, var = marginals(L_zz, K_zx, data_data.diagonal(dim1=-1, dim2=-2), m, S,
-                                  diagonal)
+            kxx = data_data.diagonal(dim1=-1, dim2=-2) + self.jitter_val
+            mean, var = marginals(L_zz, K_zx, kxx, m, S, diagonal)
             return MultivariateNormal(prior_mean + mean, DiagLinearOperator(var))
         mean, var_update = marginals(L_zz, K_zx, torch.zeros((), dtype=m.dtype, device=m.device),
                                      m, S, diagonal)
@@ -280,7 +280,8 @@ class NatviVariationalStrategy(VariationalStrategy):
         C = torch.linalg.solve_triangular(L_zz.mT, D, upper=True)  # L⁻ᵀ (S − I)
         C = torch.linalg.solve_triangular(L_zz.mT, C.mT, upper=True)  # L⁻ᵀ (S − I) L⁻¹
         update = _KnownDiagonal(K_zx.mT, MatmulLinearOperator(C, K_zx), var_update)
-        return MultivariateNormal(prior_mean + mean, SumLinearOperator(data_data, update))
+        return MultivariateNormal(prior_mean + mean,
+                                  SumLinearOperator(data_data.add_jitter(self.jitter_val), update))
 
     def kl_divergence(self) -> Tensor:
         """``KL(q(v) ‖ N(0, I)) [*b]`` in closed form from q's moments (no factorisation of S)."""
