@@ -10,6 +10,7 @@ import pytest
 import torch
 from gpytorch.variational import (
     IndependentMultitaskVariationalStrategy,
+    LMCVariationalStrategy,
     NaturalVariationalDistribution,
     VariationalStrategy,
 )
@@ -209,5 +210,45 @@ def test_full_training_covariance_and_its_gradients_are_gpytorchs():
     (c_ref, v_ref, g_ref), (c_ours, v_ours, g_ours) = out
     torch.testing.assert_close(c_ours, c_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(v_ours, v_ref, rtol=1e-12, atol=1e-14)
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("wrapper", ["lmc", "task_indices"])
+def test_gpytorchs_multi_output_wrappers_see_gpytorchs_distribution(wrapper):
+    """Under ``LMCVariationalStrategy`` (3 tasks mixed from 2 latents) and under
+    ``IndependentMultitaskVariationalStrategy`` with ``task_indices`` (one task per point, which
+    masks the full covariance): the same mean, covariance and gradients as GPyTorch's strategy."""
+    X, _ = _data()
+    M, latents = 8, 2
+    task_indices = torch.randint(0, latents, (len(X),), generator=torch.Generator().manual_seed(3))
+    out = []
+    for strategy in (VariationalStrategy, NatviVariationalStrategy):
+        q_u = NatviVariationalDistribution(M, batch_shape=(latents,), dtype=DT)
+        model = GPModel(X[:M].clone(), q_u, strategy, latents).to(DT)
+        base = _base(model)
+        if wrapper == "lmc":
+            torch.manual_seed(2)  # the same random mixing coefficients for both
+            model.variational_strategy = LMCVariationalStrategy(base, num_tasks=3,
+                                                                num_latents=latents,
+                                                                latent_dim=-1).to(DT)
+            kwargs = {}
+        else:
+            kwargs = {"task_indices": task_indices}
+        g = torch.Generator().manual_seed(1)
+        B = torch.randn(latents, M, M, generator=g, dtype=DT) / 3
+        q_u.q.set_meancov(torch.randn(latents, M, generator=g, dtype=DT),
+                          B @ B.mT + 0.3 * torch.eye(M, dtype=DT))
+        base.variational_params_initialized.fill_(1)
+        model.train()
+        torch.manual_seed(0)
+        f = model(X, **kwargs)
+        cov = f.lazy_covariance_matrix.to_dense()
+        loss = f.mean.sum() + f.variance.sum() + cov.square().sum()
+        out.append((f.mean.detach(), f.variance.detach(), cov.detach(),
+                    torch.autograd.grad(loss, [*model.parameters()])))
+    (*ref, g_ref), (*ours, g_ours) = out
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for a, b in zip(g_ours, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
