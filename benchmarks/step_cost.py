@@ -11,9 +11,9 @@ Methods (each on one thread):
 - ``natvi``: ``natvi.gp.SVGP`` in ``Natural()`` coordinates + ``natvi.optim.NaturalGradient``;
 - ``interop``: GPyTorch ``ApproximateGP`` with natvi's ``NatviVariationalDistribution``
   (``Natural()``) + ``NaturalGradient(num_data=N)`` on GPyTorch's ``VariationalELBO``, under
-  natvi's ``NatviVariationalStrategy`` (whitened; unwhitened: GPyTorch's
-  ``UnwhitenedVariationalStrategy``); with ``--interop-stock`` also ``interop_stock``, the same
-  under GPyTorch's own ``VariationalStrategy`` (the path before that strategy existed);
+  natvi's ``NatviVariationalStrategy`` (unwhitened: ``NatviUnwhitenedVariationalStrategy``);
+  with ``--interop-stock`` also ``interop_stock``, the same under GPyTorch's own
+  ``VariationalStrategy`` / ``UnwhitenedVariationalStrategy`` (the path before natvi's);
 - ``gpytorch``: GPyTorch ``NaturalVariationalDistribution`` + ``gpytorch.optim.NGD``;
 - ``gpflow``: GPflow ``SVGP`` + ``NaturalGradient`` under ``tf.function``, run by
   ``benchmarks/_gpflow_peer.py`` in GPflow's own virtual environment: pass
@@ -116,13 +116,15 @@ def natvi_step(p: dict, likelihood: str, whiten: bool, dtype: torch.dtype):
 class _GPyTorchModel(gpytorch.models.ApproximateGP):
     def __init__(self, p: dict, q, whiten: bool, num_latent: int, dtype: torch.dtype,
                  natvi_strategy: bool = True) -> None:
-        from natvi.gp.gpytorch import NatviVariationalDistribution, NatviVariationalStrategy
+        from natvi.gp import gpytorch as interop
 
         Z = torch.as_tensor(p["Z"], dtype=dtype)
-        cls = (gpytorch.variational.VariationalStrategy if whiten
-               else gpytorch.variational.UnwhitenedVariationalStrategy)
-        if whiten and isinstance(q, NatviVariationalDistribution) and natvi_strategy:
-            cls = NatviVariationalStrategy
+        if isinstance(q, interop.NatviVariationalDistribution) and natvi_strategy:
+            cls = (interop.NatviVariationalStrategy if whiten
+                   else interop.NatviUnwhitenedVariationalStrategy)
+        else:
+            cls = (gpytorch.variational.VariationalStrategy if whiten
+                   else gpytorch.variational.UnwhitenedVariationalStrategy)
         strategy = cls(self, Z, q, learn_inducing_locations=False)
         batch = ()
         if num_latent > 1:

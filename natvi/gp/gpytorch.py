@@ -3,8 +3,9 @@
 A GPyTorch user switches to natvi's natural gradients by changing two lines of GPyTorch's
 natural-gradient recipe: the variational distribution, and ``gpytorch.optim.NGD`` (same
 ``num_data`` and lr values). A third, optional, makes each iteration cheaper:
-:class:`NatviVariationalStrategy` in place of GPyTorch's whitened ``VariationalStrategy`` (the
-same ELBO and trajectory, computed from q's moments without GPyTorch re-factoring S).
+:class:`NatviVariationalStrategy` in place of GPyTorch's ``VariationalStrategy`` (or
+:class:`NatviUnwhitenedVariationalStrategy` for ``UnwhitenedVariationalStrategy``): the same
+ELBO and trajectory, computed from q's moments without GPyTorch re-factoring S.
 Example::
 
     import gpytorch, torch, natvi
@@ -47,8 +48,9 @@ step: an ordinary gradient step would leave the precision's domain.
 q(u) is held by a :class:`natvi.GaussianVariational` submodule (``.q``), which is what natvi's
 natural-gradient optimiser looks for; its parameters are named ``...variational_...`` so that
 ``ApproximateGP.variational_parameters()`` / ``hyperparameters()`` split them as usual. With
-GPyTorch's whitened ``VariationalStrategy`` q is over the whitened ``v``; with
-``UnwhitenedVariationalStrategy`` over ``u``; :class:`NatviVariationalStrategy` is whitened.
+GPyTorch's whitened ``VariationalStrategy`` (and :class:`NatviVariationalStrategy`) q is over the
+whitened ``v``; with ``UnwhitenedVariationalStrategy`` (and
+:class:`NatviUnwhitenedVariationalStrategy`) over ``u``.
 """
 
 from __future__ import annotations
@@ -56,8 +58,13 @@ from __future__ import annotations
 import torch
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.settings import _linalg_dtype_cholesky
-from gpytorch.utils.memoize import cached
-from gpytorch.variational import VariationalStrategy, _VariationalDistribution
+from gpytorch.utils.errors import CachingError
+from gpytorch.utils.memoize import add_to_cache, cached, get_from_cache
+from gpytorch.variational import (
+    UnwhitenedVariationalStrategy,
+    VariationalStrategy,
+    _VariationalDistribution,
+)
 from linear_operator.operators import (
     CholLinearOperator,
     DenseLinearOperator,
@@ -70,12 +77,17 @@ from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from natvi.gp.conditionals import marginals
+from natvi.gp.conditionals import marginals, whiten_q
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.parameterizations import Natural, Parameterization
 from natvi.variational import GaussianVariational, owner
 
-__all__ = ["NatviVariationalDistribution", "NatviVariationalStrategy", "refuse_ordinary_steps"]
+__all__ = [
+    "NatviUnwhitenedVariationalStrategy",
+    "NatviVariationalDistribution",
+    "NatviVariationalStrategy",
+    "refuse_ordinary_steps",
+]
 
 
 def refuse_ordinary_steps(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
@@ -157,12 +169,7 @@ class NatviVariationalDistribution(_VariationalDistribution):
 
     def forward(self) -> MultivariateNormal:
         m, S = self.q.meancov()
-        if self.parameterization.diagonal:
-            return MultivariateNormal(m, DiagLinearOperator(S))
-        # S as its Cholesky factor: GPyTorch then takes log det S and solves exactly at every M
-        # (a dense S above gpytorch.settings.max_cholesky_size, 800, gets CG and a stochastic
-        # log det, which made the ELBO and the natural gradient wrong)
-        return MultivariateNormal(m, CholLinearOperator(TriangularLinearOperator(psd_safe_cholesky(S))))
+        return MultivariateNormal(m, _factored(S, self.parameterization.diagonal))
 
     @torch.no_grad()
     def initialize_variational_distribution(self, prior_dist: MultivariateNormal) -> None:
@@ -174,6 +181,22 @@ class NatviVariationalDistribution(_VariationalDistribution):
         if self.parameterization.diagonal:
             cov = cov.diagonal(dim1=-2, dim2=-1)
         self.q.set_meancov(mean.to(self.dtype), cov.to(self.dtype))
+
+
+def _factored(S: Tensor, diagonal: bool):
+    """S for GPyTorch as its Cholesky factor: GPyTorch then takes log det S, solves and
+    root-decomposes exactly at every M (a dense S above ``gpytorch.settings.max_cholesky_size``,
+    800, gets CG, Lanczos and a stochastic log det, which made the ELBO and the natural gradient
+    wrong)."""
+    if diagonal:
+        return DiagLinearOperator(S)
+    return CholLinearOperator(TriangularLinearOperator(psd_safe_cholesky(S)))
+
+
+def _standard_kl(m: Tensor, S: Tensor, logdet: Tensor) -> Tensor:
+    """``KL(N(m, S) ‖ N(0, I)) [*b]``; ``S`` full ``[*b, M, M]`` or variances ``[*b, M]``."""
+    trace = S.sum(-1) if S.dim() == m.dim() else S.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return 0.5 * (trace + m.square().sum(-1) - m.shape[-1] - logdet)
 
 
 class _KnownDiagonal(MatmulLinearOperator):
@@ -190,7 +213,59 @@ class _KnownDiagonal(MatmulLinearOperator):
         return self._known_diagonal
 
 
-class NatviVariationalStrategy(VariationalStrategy):
+class _FromMoments:
+    """What natvi's strategies share: the distribution check, and q's moments ``(m, S, log det
+    S)`` from one ``q.moments()`` call per forward pass (GPyTorch's cache rules: cleared at
+    every training call), which q(f), the KL and ``variational_distribution`` all read."""
+
+    def __init__(
+        self,
+        model,
+        inducing_points: Tensor,
+        variational_distribution: NatviVariationalDistribution,
+        learn_inducing_locations: bool = True,
+        jitter_val: float | None = None,
+    ) -> None:
+        if not isinstance(variational_distribution, NatviVariationalDistribution):
+            stock = next(c for c in type(self).__mro__ if c.__module__.startswith("gpytorch"))
+            raise TypeError(
+                f"{type(self).__name__} needs a natvi.gp.gpytorch.NatviVariationalDistribution, "
+                f"got {type(variational_distribution).__name__}; use "
+                f"gpytorch.variational.{stock.__name__} for GPyTorch's own distributions."
+            )
+        super().__init__(model, inducing_points, variational_distribution,
+                         learn_inducing_locations, jitter_val)
+
+    @property
+    def _diagonal_q(self) -> bool:
+        return self._variational_distribution.parameterization.diagonal
+
+    @cached(name="natvi_moments_memo")
+    def moments(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(m [*b, M], S [*b, M, M] (mean-field: [*b, M]), log det S [*b])`` of q."""
+        return self._variational_distribution.q.moments()
+
+    @property
+    @cached(name="variational_distribution_memo")
+    def variational_distribution(self) -> MultivariateNormal:
+        m, S, _ = self.moments()
+        return MultivariateNormal(m, DiagLinearOperator(S) if self._diagonal_q
+                                  else DenseLinearOperator(S))
+
+    def _prior_blocks(self, x: Tensor, inducing_points: Tensor, **kwargs):
+        """``(μ_z, μ_x, K_zz, K_zx, k_xx, the lazy K_xx)`` from one evaluation of the model's
+        prior at ``[Z; X]`` (``K_zz`` and ``K_zx`` as one ``[M, M + N]`` kernel block)."""
+        M = inducing_points.size(-2)
+        full_output = self.model.forward(torch.cat([inducing_points, x], dim=-2), **kwargs)
+        full_covar = full_output.lazy_covariance_matrix
+        K_z = full_covar[..., :M, :].to_dense()
+        data_data = full_covar[..., M:, M:]
+        mean = full_output.mean
+        return (mean[..., :M], mean[..., M:], K_z[..., :M], K_z[..., M:],
+                data_data.diagonal(dim1=-1, dim2=-2), data_data)
+
+
+class NatviVariationalStrategy(_FromMoments, VariationalStrategy):
     r"""GPyTorch's whitened ``VariationalStrategy`` for a :class:`NatviVariationalDistribution`,
     computed from q's moments directly: the same ELBO and natural step, fewer operations.
 
@@ -202,17 +277,17 @@ class NatviVariationalStrategy(VariationalStrategy):
         q(f_n) = N(μ(x_n) + A_nᵀ m,  k(x_n, x_n) + jitter + A_nᵀ (S − I) A_n)
         KL(q(v) ‖ N(0, I)) = ½ (tr S + mᵀm − M − log det S)
 
-    In training (``N > M``, GPyTorch's ``diag`` mode) ``(m, S, log det S)`` come from one call of
-    ``q.moments()`` per forward pass (``Natural``: one Cholesky of the precision, whose backward
-    also records ``∇_η L`` for :class:`~natvi.optim.NaturalGradient`), shared by q(f) and the KL;
-    GPyTorch's stock strategy instead factors S again for the KL (its Cholesky and backward).
-    q(f) goes through :func:`natvi.gp.conditionals.marginals`, whose backward skips ``∂/∂K_zx``
-    when hyperparameters and ``Z`` are fixed; ``K_zz`` and ``K_zx`` come from one kernel
-    evaluation of the ``[M, M + N]`` block of the model's prior. Eval mode (full predictive covariance) is GPyTorch's.
+    In training, ``(m, S, log det S)`` come from one call of ``q.moments()`` per forward pass
+    (``Natural``: one Cholesky of the precision, whose backward also records ``∇_η L`` for
+    :class:`~natvi.optim.NaturalGradient`), shared by q(f) and the KL; GPyTorch's stock strategy
+    instead factors S again for the KL (its Cholesky and backward). q(f) goes through
+    :func:`natvi.gp.conditionals.marginals`, whose backward skips ``∂/∂K_zx`` when
+    hyperparameters and ``Z`` are fixed; ``K_zz`` and ``K_zx`` come from one kernel evaluation.
+    With ``diag=False`` (``IndependentMultitaskVariationalStrategy``, ``LMCVariationalStrategy``)
+    the full covariance is kept lazy behind those variances. Eval mode is GPyTorch's.
 
     ``variational_distribution`` is ``MultivariateNormal(m, S)`` with S a dense operator (a
-    diagonal one for a mean-field q): GPyTorch's CG above ``max_cholesky_size`` would reach it only
-    through the distribution's own ``log_prob``; this strategy's ELBO and KL never solve with S.
+    diagonal one for a mean-field q); this strategy never solves with S.
 
     Example::
 
@@ -220,71 +295,83 @@ class NatviVariationalStrategy(VariationalStrategy):
         super().__init__(NatviVariationalStrategy(self, Z, q_u))  # instead of VariationalStrategy
     """
 
-    def __init__(
-        self,
-        model,
-        inducing_points: Tensor,
-        variational_distribution: NatviVariationalDistribution,
-        learn_inducing_locations: bool = True,
-        jitter_val: float | None = None,
-    ) -> None:
-        if not isinstance(variational_distribution, NatviVariationalDistribution):
-            raise TypeError(
-                "NatviVariationalStrategy needs a natvi.gp.gpytorch.NatviVariationalDistribution, "
-                f"got {type(variational_distribution).__name__}; use "
-                "gpytorch.variational.VariationalStrategy for GPyTorch's own distributions."
-            )
-        super().__init__(model, inducing_points, variational_distribution,
-                         learn_inducing_locations, jitter_val)
-
-    @cached(name="natvi_moments_memo")
-    def moments(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(m [*b, M], S [*b, M, M] (mean-field: [*b, M]), log det S [*b])`` of the whitened q,
-        computed once per training forward pass (GPyTorch's cache rules)."""
-        return self._variational_distribution.q.moments()
-
-    @property
-    @cached(name="variational_distribution_memo")
-    def variational_distribution(self) -> MultivariateNormal:
-        m, S, _ = self.moments()
-        diagonal = self._variational_distribution.parameterization.diagonal
-        return MultivariateNormal(m, DiagLinearOperator(S) if diagonal else DenseLinearOperator(S))
-
     def forward(self, x: Tensor, inducing_points: Tensor, inducing_values: Tensor,
                 variational_inducing_covar=None, diag: bool = True, **kwargs) -> MultivariateNormal:
-        num_induc = inducing_points.size(-2)
-        if not (self.training and num_induc < x.size(-2)):
+        if not self.training:
             return super().forward(x, inducing_points, inducing_values,
                                    variational_inducing_covar, diag=diag, **kwargs)
-        full_output = self.model.forward(torch.cat([inducing_points, x], dim=-2), **kwargs)
-        full_covar = full_output.lazy_covariance_matrix
-        K_z = full_covar[..., :num_induc, :].to_dense()  # [K_zz, K_zx]: one kernel evaluation
-        K_zz, K_zx = K_z[..., :num_induc], K_z[..., num_induc:]
-        data_data = full_covar[..., num_induc:, num_induc:]
-        eye = torch.eye(num_induc, dtype=K_zz.dtype, device=K_zz.device)
+        _, mu_x, K_zz, K_zx, kxx, data_data = self._prior_blocks(x, inducing_points, **kwargs)
+        eye = torch.eye(K_zz.shape[-1], dtype=K_zz.dtype, device=K_zz.device)
         L_zz = psd_safe_cholesky((K_zz + self.jitter_val * eye).type(_linalg_dtype_cholesky.value()))
         L_zz = L_zz.type(K_zx.dtype)
         m, S, _ = self.moments()
-        diagonal = self._variational_distribution.parameterization.diagonal
-        prior_mean = full_output.mean[..., num_induc:]
         if diag:
-            kxx = data_data.diagonal(dim1=-1, dim2=-2) + self.jitter_val
-            mean, var = marginals(L_zz, K_zx, kxx, m, S, diagonal)
-            return MultivariateNormal(prior_mean + mean, DiagLinearOperator(var))
+            mean, var = marginals(L_zz, K_zx, kxx + self.jitter_val, m, S, self._diagonal_q)
+            return MultivariateNormal(mu_x + mean, DiagLinearOperator(var))
         mean, var_update = marginals(L_zz, K_zx, torch.zeros((), dtype=m.dtype, device=m.device),
-                                     m, S, diagonal)
+                                     m, S, self._diagonal_q)
         # The full covariance K_xx + jitter·I + K_xz C K_zx, C = L_zz⁻ᵀ (S − I) L_zz⁻¹, evaluated
-        # only on demand; its diagonal is ``var`` (IndependentMultitaskVariationalStrategy asks
-        # for diag=False and then reads only the variances in training).
-        D = (torch.diag_embed(S) if diagonal else S) - eye
+        # only on demand; its diagonal is the variances above (the multi-output wrappers ask for
+        # diag=False, and in training the likelihoods read only the variances).
+        D = (torch.diag_embed(S) if self._diagonal_q else S) - eye
         C = torch.linalg.solve_triangular(L_zz.mT, D, upper=True)  # L⁻ᵀ (S − I)
         C = torch.linalg.solve_triangular(L_zz.mT, C.mT, upper=True)  # L⁻ᵀ (S − I) L⁻¹
         update = _KnownDiagonal(K_zx.mT, MatmulLinearOperator(C, K_zx), var_update)
-        return MultivariateNormal(prior_mean + mean,
+        return MultivariateNormal(mu_x + mean,
                                   SumLinearOperator(data_data.add_jitter(self.jitter_val), update))
 
     def kl_divergence(self) -> Tensor:
         """``KL(q(v) ‖ N(0, I)) [*b]`` in closed form from q's moments (no factorisation of S)."""
+        return _standard_kl(*self.moments())
+
+
+class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStrategy):
+    r"""GPyTorch's ``UnwhitenedVariationalStrategy`` for a :class:`NatviVariationalDistribution`
+    (q over ``u = f(Z)``, prior ``N(μ(Z), K_zz + jitter·I)``), computed from q's moments.
+
+    In training (``diag=True``: single-output models) q is whitened once per forward pass,
+    ``m̃ = L_zz⁻¹ (m − μ(Z))``, ``S̃ = L_zz⁻¹ S L_zz⁻ᵀ``, ``log det S̃ = log det S − log det
+    (K_zz + jitter·I)`` (two triangular solves, no Cholesky of S), and then
+
+        q(f_n) = N(μ(x_n) + A_nᵀ m̃,  k(x_n, x_n) + A_nᵀ (S̃ − I) A_n),   A = L_zz⁻¹ K_zx
+        KL(q(u) ‖ p(u)) = KL(N(m̃, S̃) ‖ N(0, I))
+
+    as :class:`NatviVariationalStrategy` does. Differences from GPyTorch's strategy: it clamps
+    ``k(x_n, x_n) − A_nᵀA_n`` at 0 (differs only where rounding makes that negative), and its KL
+    read before any forward pass uses a prior with its default jitter 1e-3 (here ``jitter_val``
+    always). Eval mode, ``diag=False`` and ``x = Z`` run GPyTorch's own code with S handed over
+    as its Cholesky factor.
+
+    Example::
+
+        super().__init__(NatviUnwhitenedVariationalStrategy(self, Z, q_u))
+    """
+
+    def forward(self, x: Tensor, inducing_points: Tensor, inducing_values: Tensor,
+                variational_inducing_covar=None, diag: bool = True, **kwargs) -> MultivariateNormal:
         m, S, logdet = self.moments()
-        trace = S.sum(-1) if S.dim() == m.dim() else S.diagonal(dim1=-2, dim2=-1).sum(-1)
-        return 0.5 * (trace + m.square().sum(-1) - m.shape[-1] - logdet)
+        if not (self.training and diag) or torch.equal(x, inducing_points):
+            return super().forward(x, inducing_points, m, _factored(S, self._diagonal_q),
+                                   diag=diag, **kwargs)
+        mu_z, mu_x, K_zz, K_zx, kxx, _ = self._prior_blocks(x, inducing_points, **kwargs)
+        L_zz = self._factor(K_zz)
+        whitened = whiten_q(m - mu_z, S, L_zz, self._diagonal_q, logdet)
+        add_to_cache(self, "natvi_whitened_memo", whitened)
+        mean, var = marginals(L_zz, K_zx, kxx, whitened[0], whitened[1], False)
+        return MultivariateNormal(mu_x + mean, DiagLinearOperator(var))
+
+    def _factor(self, K_zz: Tensor) -> Tensor:
+        eye = torch.eye(K_zz.shape[-1], dtype=K_zz.dtype, device=K_zz.device)
+        return psd_safe_cholesky(K_zz + self.jitter_val * eye)
+
+    def kl_divergence(self) -> Tensor:
+        """``KL(q(u) ‖ N(μ(Z), K_zz + jitter·I)) [*b]`` from the whitened moments of the last
+        training forward pass (else whitened here: one kernel evaluation at Z, no Cholesky of S)."""
+        try:
+            return _standard_kl(*get_from_cache(self, "natvi_whitened_memo"))
+        except CachingError:
+            pass
+        prior = self.model.forward(self.inducing_points)
+        m, S, logdet = self.moments()
+        L_zz = self._factor(prior.lazy_covariance_matrix.to_dense())
+        return _standard_kl(*whiten_q(m - prior.mean, S, L_zz, self._diagonal_q, logdet))

@@ -8,9 +8,17 @@ from __future__ import annotations
 import gpytorch
 import pytest
 import torch
-from gpytorch.variational import NaturalVariationalDistribution, VariationalStrategy
+from gpytorch.variational import (
+    NaturalVariationalDistribution,
+    UnwhitenedVariationalStrategy,
+    VariationalStrategy,
+)
 
-from natvi.gp.gpytorch import NatviVariationalDistribution, NatviVariationalStrategy
+from natvi.gp.gpytorch import (
+    NatviUnwhitenedVariationalStrategy,
+    NatviVariationalDistribution,
+    NatviVariationalStrategy,
+)
 from natvi.optim import NaturalGradient
 from natvi.parameterizations import MeanCholesky, Natural
 
@@ -45,13 +53,15 @@ def _likelihood(task):
     return gpytorch.likelihoods.BernoulliLikelihood().to(DT)
 
 
-def _run(task, natvi: bool, iterations=25, strategy=VariationalStrategy):
+def _run(task, natvi: bool, iterations=25, strategy=VariationalStrategy,
+         reference_strategy=VariationalStrategy):
     """GPyTorch's recipe: NGD(lr=0.1, num_data=N) on q, Adam(lr=0.01) on the rest (Z, the mean
-    and kernel hyperparameters, the likelihood's); natvi's q under ``strategy``."""
+    and kernel hyperparameters, the likelihood's); natvi's q under ``strategy``, GPyTorch's under
+    ``reference_strategy``."""
     X, y = _data(task)
     N, Z = len(y), X[:10].clone()
     torch.manual_seed(0)
-    reference = SVGP(Z, NaturalVariationalDistribution(len(Z))).to(DT)
+    reference = SVGP(Z, NaturalVariationalDistribution(len(Z)), reference_strategy).to(DT)
     reference.train()
     reference(X[:2])  # GPyTorch initialises q from the prior on the first call
     if natvi:
@@ -86,18 +96,22 @@ def _run(task, natvi: bool, iterations=25, strategy=VariationalStrategy):
     return torch.stack(losses), q.mean.detach(), q.covariance_matrix.detach()
 
 
-@pytest.mark.parametrize("strategy", [VariationalStrategy, NatviVariationalStrategy],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("strategy, reference", [
+    (VariationalStrategy, VariationalStrategy),
+    (NatviVariationalStrategy, VariationalStrategy),
+    (NatviUnwhitenedVariationalStrategy, UnwhitenedVariationalStrategy),
+], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("task", ["gaussian", "bernoulli"])
-def test_gpytorch_lr_values_give_gpytorch_ngd_trajectory(task, strategy):
-    ours, theirs = _run(task, natvi=True, strategy=strategy), _run(task, natvi=False)
+def test_gpytorch_lr_values_give_gpytorch_ngd_trajectory(task, strategy, reference):
+    ours = _run(task, natvi=True, strategy=strategy, reference_strategy=reference)
+    theirs = _run(task, natvi=False, reference_strategy=reference)
     assert float(theirs[0][-1]) < float(theirs[0][0]) - 0.05  # the recipe does learn
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("strategy", [VariationalStrategy, NatviVariationalStrategy],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("strategy", [VariationalStrategy, NatviVariationalStrategy,
+                                      NatviUnwhitenedVariationalStrategy], ids=lambda c: c.__name__)
 def test_lr_one_with_num_data_is_the_conjugate_optimum_on_a_per_datum_loss(strategy):
     X, y = _data("gaussian")
     N, Z = len(y), X[:10].clone()
@@ -133,8 +147,8 @@ def test_an_ordinary_optimiser_on_constrained_q_coordinates_fails_before_any_ste
     torch.optim.SGD(baseline.to(DT).parameters(), lr=0.01).step()
 
 
-@pytest.mark.parametrize("strategy", [VariationalStrategy, NatviVariationalStrategy],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("strategy", [VariationalStrategy, NatviVariationalStrategy,
+                                      NatviUnwhitenedVariationalStrategy], ids=lambda c: c.__name__)
 def test_elbo_and_natural_step_do_not_depend_on_gpytorchs_max_cholesky_size(strategy):
     """Above ``max_cholesky_size`` (800 by default) GPyTorch treats a dense covariance with CG and
     a stochastic log det; natvi hands it S as a Cholesky factor, so the loss and the natural step

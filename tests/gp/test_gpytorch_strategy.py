@@ -1,7 +1,8 @@
-"""``NatviVariationalStrategy`` against GPyTorch's own whitened ``VariationalStrategy`` (the
-independent reference): the same ELBO, gradients, KL and predictions in every parameterisation,
-the same natural-gradient trajectory for a multi-latent (softmax) model as GPyTorch's ``NGD``,
-and its fall-backs (eval mode, M ≥ N) and errors."""
+"""``NatviVariationalStrategy`` / ``NatviUnwhitenedVariationalStrategy`` against GPyTorch's own
+``VariationalStrategy`` / ``UnwhitenedVariationalStrategy`` (the independent references): the
+same ELBO, gradients, KL and predictions in every parameterisation, the same natural-gradient
+trajectory for a multi-latent (softmax) model as GPyTorch's ``NGD``, GPyTorch's multi-output
+wrappers, the fall-backs (eval mode, M ≥ N, x = Z) and errors."""
 
 from __future__ import annotations
 
@@ -12,15 +13,23 @@ from gpytorch.variational import (
     IndependentMultitaskVariationalStrategy,
     LMCVariationalStrategy,
     NaturalVariationalDistribution,
+    UnwhitenedVariationalStrategy,
     VariationalStrategy,
 )
 
-from natvi.gp.gpytorch import NatviVariationalDistribution, NatviVariationalStrategy
+from natvi.gp.gpytorch import (
+    NatviUnwhitenedVariationalStrategy,
+    NatviVariationalDistribution,
+    NatviVariationalStrategy,
+)
 from natvi.optim import NaturalGradient
 from natvi.parameterizations import BUILTIN, Natural
 
 DT = torch.float64
 CLASSES = 3
+PAIRS = [(VariationalStrategy, NatviVariationalStrategy),
+         (UnwhitenedVariationalStrategy, NatviUnwhitenedVariationalStrategy)]
+pairs = pytest.mark.parametrize("pair", PAIRS, ids=["whitened", "unwhitened"])
 
 
 class GPModel(gpytorch.models.ApproximateGP):
@@ -50,12 +59,12 @@ def _data(N=60, classes=2, dtype=DT):
     return X, torch.bucketize(f, torch.tensor([-0.5, 0.5], dtype=dtype))
 
 
-def _pair(p, M=8, num_latent=1, dtype=DT):
-    """The same random q, kernel and Z under GPyTorch's strategy and natvi's."""
+def _pair(p, M=8, num_latent=1, dtype=DT, pair=PAIRS[0]):
+    """The same random q, kernel, mean and Z under GPyTorch's strategy and natvi's."""
     X, _ = _data(dtype=dtype)
     batch = (num_latent,) if num_latent > 1 else ()
     models = []
-    for strategy in (VariationalStrategy, NatviVariationalStrategy):
+    for strategy in pair:
         q_u = NatviVariationalDistribution(M, batch_shape=batch, parameterization=p, dtype=dtype)
         model = GPModel(X[:M].clone(), q_u, strategy, num_latent).to(dtype)
         g = torch.Generator().manual_seed(1)
@@ -88,10 +97,11 @@ def _loss_and_grads(model, likelihood, X, y):
     return loss.detach(), torch.autograd.grad(loss, params)
 
 
+@pairs
 @pytest.mark.parametrize("cls", BUILTIN, ids=lambda c: c.__name__)
-def test_elbo_and_its_gradients_equal_gpytorchs_strategy_in_every_parameterization(cls):
+def test_elbo_and_its_gradients_equal_gpytorchs_strategy_in_every_parameterization(cls, pair):
     X, y = _data()
-    theirs, ours = _pair(cls())
+    theirs, ours = _pair(cls(), pair=pair)
     lik = gpytorch.likelihoods.BernoulliLikelihood().to(DT)
     (l_ref, g_ref), (l_ours, g_ours) = (_loss_and_grads(m, lik, X, y) for m in (theirs, ours))
     torch.testing.assert_close(l_ours, l_ref, rtol=1e-12, atol=0)
@@ -100,8 +110,15 @@ def test_elbo_and_its_gradients_equal_gpytorchs_strategy_in_every_parameterizati
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
-def test_kl_divergence_equals_gpytorchs_for_every_latent():
-    theirs, ours = _pair(Natural(), num_latent=CLASSES)
+@pairs
+def test_kl_divergence_equals_gpytorchs_for_every_latent(pair):
+    """After a training forward pass, as the ELBO reads it (unwhitened GPyTorch's prior before
+    any forward pass has a larger default jitter; natvi's uses ``jitter_val`` throughout)."""
+    X, _ = _data()
+    theirs, ours = _pair(Natural(), num_latent=CLASSES, pair=pair)
+    for m in (theirs, ours):
+        m.train()
+        m(X)
     kl_ref, kl_ours = (_base(m).kl_divergence() for m in (theirs, ours))
     assert kl_ours.shape == (CLASSES,)
     torch.testing.assert_close(kl_ours, kl_ref, rtol=1e-12, atol=0)
@@ -155,10 +172,10 @@ def test_softmax_multi_latent_follows_gpytorch_ngd_trajectory():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_eval_mode_predictions_are_gpytorchs():
-    X, _ = _data()
+@pairs
+def test_eval_mode_predictions_are_gpytorchs(pair):
     Xs = torch.linspace(-2, 2, 7, dtype=DT).unsqueeze(-1).expand(7, 2)
-    theirs, ours = _pair(Natural())
+    theirs, ours = _pair(Natural(), pair=pair)
     for m in (theirs, ours):
         m.eval()
     with torch.no_grad():
@@ -168,9 +185,10 @@ def test_eval_mode_predictions_are_gpytorchs():
                                atol=1e-12)
 
 
-def test_fewer_points_than_inducing_points_take_gpytorchs_path():
+@pairs
+def test_fewer_points_than_inducing_points_give_gpytorchs_elbo(pair):
     X, y = _data()
-    theirs, ours = _pair(Natural())
+    theirs, ours = _pair(Natural(), pair=pair)
     lik = gpytorch.likelihoods.BernoulliLikelihood().to(DT)
     (l_ref, g_ref), (l_ours, g_ours) = (_loss_and_grads(m, lik, X[:5], y[:5])
                                         for m in (theirs, ours))
@@ -179,19 +197,22 @@ def test_fewer_points_than_inducing_points_take_gpytorchs_path():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
-def test_float32_model_matches_gpytorchs_strategy_in_float32():
+@pairs
+def test_float32_model_matches_gpytorchs_strategy_in_float32(pair):
     X, y = _data(dtype=torch.float32)
-    theirs, ours = _pair(Natural(), dtype=torch.float32)
+    theirs, ours = _pair(Natural(), dtype=torch.float32, pair=pair)
     lik = gpytorch.likelihoods.BernoulliLikelihood()
     (l_ref, _), (l_ours, g_ours) = (_loss_and_grads(m, lik, X, y) for m in (theirs, ours))
     assert l_ours.dtype == torch.float32 and all(g.dtype == torch.float32 for g in g_ours)
     torch.testing.assert_close(l_ours, l_ref, rtol=1e-5, atol=0)
 
 
-def test_a_gpytorch_distribution_is_refused_with_what_to_use_instead():
+@pairs
+def test_a_gpytorch_distribution_is_refused_with_what_to_use_instead(pair):
     X, _ = _data()
-    with pytest.raises(TypeError, match="NatviVariationalDistribution.*VariationalStrategy"):
-        GPModel(X[:8].clone(), NaturalVariationalDistribution(8), NatviVariationalStrategy)
+    stock, natvi = pair
+    with pytest.raises(TypeError, match=f"NatviVariationalDistribution.*variational.{stock.__name__} "):
+        GPModel(X[:8].clone(), NaturalVariationalDistribution(8), natvi)
 
 
 def test_full_training_covariance_and_its_gradients_are_gpytorchs():
@@ -252,3 +273,19 @@ def test_gpytorchs_multi_output_wrappers_see_gpytorchs_distribution(wrapper):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for a, b in zip(g_ours, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_unwhitened_training_at_the_inducing_inputs_and_kl_after_forward_are_gpytorchs():
+    """``x = Z`` in training returns q(u) itself (GPyTorch's special case); the KL read after a
+    training forward pass (the ELBO's order) uses that pass's factor of K_zz."""
+    X, y = _data()
+    theirs, ours = _pair(Natural(), pair=PAIRS[1])
+    out = []
+    for model in (theirs, ours):
+        model.train()
+        f_z = model(model.variational_strategy.inducing_points)
+        model(X)
+        out.append((f_z.mean.detach(), f_z.covariance_matrix.detach(),
+                    model.variational_strategy.kl_divergence().detach()))
+    for a, b in zip(*out):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
