@@ -351,8 +351,7 @@ class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStra
                 variational_inducing_covar=None, diag: bool = True, **kwargs) -> MultivariateNormal:
         m, S, logdet = self.moments()
         if not (self.training and diag) or torch.equal(x, inducing_points):
-            return super().forward(x, inducing_points, m, _factored(S, self._diagonal_q),
-                                   diag=diag, **kwargs)
+            return super().forward(x, inducing_points, m, self._q_factored(), diag=diag, **kwargs)
         mu_z, mu_x, K_zz, K_zx, kxx, _ = self._prior_blocks(x, inducing_points, **kwargs)
         L_zz = self._factor(K_zz)
         whitened = whiten_q(m - mu_z, S, L_zz, self._diagonal_q, logdet)
@@ -360,18 +359,33 @@ class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStra
         mean, var = marginals(L_zz, K_zx, kxx, whitened[0], whitened[1], False)
         return MultivariateNormal(mu_x + mean, DiagLinearOperator(var))
 
+    @cached(name="natvi_factored_memo")
+    def _q_factored(self):
+        """q's covariance as GPyTorch's own code wants it (its Cholesky factor), once per pass."""
+        return _factored(self.moments()[1], self._diagonal_q)
+
     def _factor(self, K_zz: Tensor) -> Tensor:
         eye = torch.eye(K_zz.shape[-1], dtype=K_zz.dtype, device=K_zz.device)
         return psd_safe_cholesky(K_zz + self.jitter_val * eye)
 
     def kl_divergence(self) -> Tensor:
         """``KL(q(u) ‖ N(μ(Z), K_zz + jitter·I)) [*b]`` from the whitened moments of the last
-        training forward pass (else whitened here: one kernel evaluation at Z, no Cholesky of S)."""
+        training forward pass; after GPyTorch's own forward code (``diag=False``) GPyTorch's KL
+        with the factors that pass made; with neither, whitened here (one kernel evaluation at
+        Z, no Cholesky of S)."""
         try:
             return _standard_kl(*get_from_cache(self, "natvi_whitened_memo"))
         except CachingError:
             pass
-        prior = self.model.forward(self.inducing_points)
         m, S, logdet = self.moments()
+        try:  # GPyTorch's own training forward (diag=False) cached p(u) with K_zz's factor
+            prior = get_from_cache(self, "prior_distribution_memo")
+            if isinstance(prior.lazy_covariance_matrix, CholLinearOperator):
+                # GPyTorch's KL, with S's factor from that same forward pass: exact at every M
+                return torch.distributions.kl_divergence(
+                    MultivariateNormal(m, self._q_factored()), prior)
+        except CachingError:
+            pass
+        prior = self.model.forward(self.inducing_points)
         L_zz = self._factor(prior.lazy_covariance_matrix.to_dense())
         return _standard_kl(*whiten_q(m - prior.mean, S, L_zz, self._diagonal_q, logdet))

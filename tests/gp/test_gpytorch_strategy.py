@@ -289,3 +289,14 @@ def test_unwhitened_training_at_the_inducing_inputs_and_kl_after_forward_are_gpy
                     model.variational_strategy.kl_divergence().detach()))
     for a, b in zip(*out):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_unwhitened_kl_before_any_forward_pass_is_the_dense_kl_to_the_jittered_prior():
+    _, ours = _pair(Natural(), num_latent=CLASSES, pair=PAIRS[1])
+    base = _base(ours)
+    m, S, _ = base.moments()
+    prior = ours.forward(base.inducing_points)
+    K = prior.covariance_matrix + base.jitter_val * torch.eye(m.shape[-1], dtype=DT)
+    ref = torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(m, S),
+                                            torch.distributions.MultivariateNormal(prior.mean, K))
+    torch.testing.assert_close(base.kl_divergence(), ref, rtol=1e-12, atol=0)
