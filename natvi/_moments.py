@@ -17,7 +17,13 @@ from torch import Tensor
 
 from natvi._linalg import cholesky, symmetrize
 
-__all__ = ["recorded_expectation_gradient", "remember_factor"]
+__all__ = ["precision", "recorded_expectation_gradient", "remember_factor"]
+
+
+def precision(theta2: Tensor) -> Tensor:
+    """``P = −2·sym(θ2) = −(θ2 + θ2ᵀ)`` ``[..., M, M]`` (the one formula, so that the validity
+    check and the forward pass factorise bit for bit the same matrix)."""
+    return (theta2 + theta2.mT).neg_()
 
 
 def _round_trip_ok(P: Tensor, S: Tensor, m: Tensor) -> bool:
@@ -83,7 +89,7 @@ class _NaturalMoments(torch.autograd.Function):
 
     @staticmethod
     def forward(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        L_P, S = _precision_factor(-2.0 * symmetrize(theta2))
+        L_P, S = _precision_factor(precision(theta2))
         m = torch.cholesky_solve(theta1.unsqueeze(-1), L_P).squeeze(-1)
         return m, S, -2.0 * L_P.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
@@ -127,8 +133,9 @@ def _remember(refs: tuple | None, *grads: Tensor) -> None:
     for key in [k for k, rec in _RECORDED.items() if rec[0]() is None or rec[1]() is None]:
         del _RECORDED[key]
     theta1 = refs[0]()
-    if theta1 is not None:
-        _RECORDED[id(theta1)] = (*refs, *(g.detach().clone() for g in grads))
+    if theta1 is not None:  # ∇_θ handed to autograd is cloned (.grad may take it over); ∇_η not
+        grad1, grad2, eta1, eta2 = (g.detach() for g in grads)
+        _RECORDED[id(theta1)] = (*refs, grad1.clone(), grad2.clone(), eta1, eta2)
 
 
 def recorded_expectation_gradient(
@@ -152,4 +159,4 @@ def recorded_expectation_gradient(
         return None
     if not (torch.equal(grad1, rec[4]) and torch.equal(grad2, rec[5])):
         return None
-    return rec[6], symmetrize(rec[7])
+    return rec[6], rec[7]  # (∇_η2 L is symmetric by construction: G and θ2 + θ2ᵀ are)

@@ -6,21 +6,40 @@ what to do about it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 __all__ = [
+    "all_finite",
     "check_finite",
     "check_vector_matrix",
     "check_same_shape",
 ]
 
 
+def all_finite(*tensors: Tensor) -> bool:
+    """Whether every entry of every tensor is finite (integer tensors always are).
+
+    One reduction per floating-point tensor: a NaN or an infinity makes the sum non-finite, so a
+    finite sum settles it; only a non-finite sum (which finite entries can also give, by
+    overflow) is checked entry by entry.
+    """
+    for x in tensors:
+        if x.is_floating_point():
+            if not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
+                return False
+        elif not bool(torch.isfinite(x).all()):
+            return False
+    return True
+
+
 def check_finite(name: str, x: Tensor) -> None:
     """Raise ``ValueError`` if ``x`` holds a NaN or an infinity."""
     if not torch.is_tensor(x):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if x.is_floating_point() and not all_finite(x):
         bad = "NaN" if bool(torch.isnan(x).any()) else "infinite"
         raise ValueError(
             f"{name} contains {bad} values; check the data and the previous optimisation "

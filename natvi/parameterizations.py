@@ -44,10 +44,11 @@ from natvi._linalg import cho_inverse, cho_solve_vec, cholesky, symmetrize
 from natvi._moments import (
     _NaturalMoments,
     _round_trip_ok,
+    precision,
     recorded_expectation_gradient,
     remember_factor,
 )
-from natvi._validation import check_finite
+from natvi._validation import all_finite, check_finite
 from natvi.expfam.base import ExponentialFamily
 from natvi.expfam.gaussian import (
     DiagGaussian,
@@ -107,25 +108,25 @@ class Parameterization:
         factorisations of ``M × M`` matrices; no gradient is taken. Override to declare a
         narrower domain.
         """
-        if not all(bool(torch.isfinite(x).all()) for x in xi):
+        if not all_finite(*xi):
             return False
-        try:
-            theta1, theta2 = self.to_natural(*xi)
+        try:  # (natural coordinates are θ up to θ2's symmetric part, which P takes below)
+            theta1, theta2 = xi if self.natural_coordinates else self.to_natural(*xi)
         except ValueError:
             return False
         if self.diagonal:
             var = -0.5 / theta2
             m = theta1 * var
             ok = bool((theta2 < 0).all()) and bool(((var + m * m) - m * m > 0).all())
-            return ok and bool(torch.isfinite(m).all())
-        P = -2.0 * symmetrize(theta2)
+            return ok and all_finite(m)
+        P = precision(theta2)
         L_P, info = torch.linalg.cholesky_ex(P)
-        if not bool((info == 0).all()):
+        if bool(info.any()):
             return False
         # (no derivative is taken here, so torch's cholesky_inverse, ~3× cheaper than a solve
         # against I, is fine despite its wrong JVP; see natvi._linalg)
         S, m = symmetrize(torch.cholesky_inverse(L_P)), cho_solve_vec(theta1, L_P)
-        ok = bool(torch.isfinite(m).all()) and _round_trip_ok(P, S, m)
+        ok = all_finite(m) and _round_trip_ok(P, S, m)
         if ok and self.natural_coordinates:  # only Natural's forward pass reads it
             remember_factor(P, L_P, S)
         return ok

@@ -16,6 +16,11 @@ and hands them to :func:`atomic_step`, which
    ran ``backward()`` at a rejected point leaves no trace);
 5. **records** one :class:`StepRecord` per block.
 
+Without a closure nothing is written before it is known to be kept: the first valid proposal of
+each block is copied into its tensors, and the tensors and ``.grad`` are never saved or
+restored (a refused block is simply not written). With a closure the proposal must be in place
+for the closure to see it, so the tensors and their ``.grad`` are saved once per step.
+
 After a step with a closure, ``.grad`` — of every tensor the closure differentiates, not only
 the blocks' — is the gradient at the accepted point: the closure was last evaluated there, or,
 when the last evaluation was at a rejected proposal, the closure is evaluated once more at the
@@ -31,6 +36,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
+
+from natvi._validation import all_finite
 
 __all__ = ["Block", "StepRecord", "SafeguardWarning", "atomic_step", "loss_problem", "warn"]
 
@@ -80,7 +87,9 @@ class Block:
 
     Attributes:
         params: the live tensors the step writes (a candidate entry is reshaped to each).
-        propose: ``γ -> candidate`` (a tuple like ``params``); may raise ``ValueError``.
+        propose: ``γ -> candidate`` (a tuple like ``params``, new tensors); may raise
+            ``ValueError``. Whenever the engine calls it, ``params`` hold their values from
+            the start of the step, so a proposal may read them instead of a saved copy.
         valid: the domain check of a candidate (declared by the family / parameterisation).
         lr: the step size asked for.
         step: the block's step count (for the record).
@@ -113,7 +122,7 @@ def _first_valid(block: Block, lr: float, budget: int, factor: float):
     for tries in range(budget + 1):
         try:
             candidate = tuple(block.propose(lr))
-            ok = all(bool(torch.isfinite(c).all()) for c in candidate) and block.valid(candidate)
+            ok = all_finite(*candidate) and block.valid(candidate)
         except ValueError:
             ok = False
         if ok:
@@ -159,6 +168,8 @@ def atomic_step(
         One :class:`StepRecord` per block, in order, and the closure's loss at the accepted
         point (``None`` when the closure was not evaluated there).
     """
+    if closure is None:
+        return _step_without_closure(blocks, factor, max_tries, strict), None
     saved = [
         [(p.detach().clone(), None if p.grad is None else p.grad.clone()) for p in b.params]
         for b in blocks
@@ -215,6 +226,27 @@ def atomic_step(
         for i, b in enumerate(blocks)
     ]
     return records, (after if all(used) else None)
+
+
+def _step_without_closure(
+    blocks: Sequence[Block], factor: float, max_tries: int, strict: bool
+) -> list[StepRecord]:
+    """The step with no loss to check: each block's first valid proposal is written, nothing is
+    saved or restored (under ``strict`` nothing is written unless every block found one)."""
+    found = [_first_valid(b, b.lr, max_tries, factor) for b in blocks]
+    keep = not (strict and any(f is None for f in found))
+    records = []
+    for b, f in zip(blocks, found):
+        if f is None:
+            records.append(StepRecord(b.step, b.group, b.lr, 0.0, max_tries + 1, "invalid"))
+            continue
+        candidate, lr, tries = f
+        if keep:
+            for p, value in zip(b.params, candidate):
+                p.copy_(value.reshape(p.shape))
+        reason = "invalid" if tries else None
+        records.append(StepRecord(b.step, b.group, b.lr, lr if keep else 0.0, tries, reason))
+    return records
 
 
 def warn(owner: str, records: Sequence[StepRecord], advice: str, stacklevel: int = 3) -> None:

@@ -220,10 +220,9 @@ class NaturalGradient(Optimizer):
         grads = [torch.zeros_like(q) if q.grad is None else q.grad for q in params]
         nat = natural_gradient(p, params, grads)
         scale = float(group.get("num_data") or 1)
-        xi_old = tuple(q.detach().clone() for q in params)
 
-        def propose(gamma: float) -> tuple[Tensor, ...]:
-            return self.safeguard.propose(p, xi_old, nat, gamma * scale)
+        def propose(gamma: float) -> tuple[Tensor, ...]:  # params hold ξ (engine's guarantee)
+            return self.safeguard.propose(p, params, nat, gamma * scale)
 
         return Block(params, propose, lambda xi: p.in_domain(*xi), lr, t, index)
 

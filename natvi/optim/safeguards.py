@@ -51,8 +51,8 @@ __all__ = [
 
 
 def plain_update(xi: Sequence[Tensor], nat: Sequence[Tensor], lr: float) -> tuple[Tensor, ...]:
-    """``ξ' = ξ − γ ñ`` coordinate by coordinate."""
-    return tuple(x - lr * n for x, n in zip(xi, nat))
+    """``ξ' = ξ − γ ñ`` coordinate by coordinate (new tensors)."""
+    return tuple(torch.add(x, n, alpha=-lr) for x, n in zip(xi, nat))
 
 
 def riemannian_update(
