@@ -33,18 +33,24 @@ def class_labels(y: Any, what: str = "y") -> tuple[np.ndarray, np.ndarray]:
     return labels, classes
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-_TAIL = -5.0
 _SQRT_HALF = math.sqrt(0.5)
 _LOG_2 = math.log(2.0)
+# Down to these t, log(erfc(−t/√2)) − log 2 agrees with torch's log_ndtr to a few units in the
+# last place (4.8e-16 relative in float64) and so do its autodiff derivatives up to the second,
+# whose exp(−t²) terms would underflow further out (erfc itself turns subnormal near
+# t = −37.5 in float64 and −13.2 in float32); beyond them torch's log_ndtr takes over.
+_TAIL = {torch.float64: -26.0, torch.float32: -9.0}
 
 
 def log_ndtr(t: Tensor) -> Tensor:
-    """``log Φ(t)``: ``log(erfc(−t/√2)) − log 2`` for ``t ≥ −5`` (accurate there, and ~8× cheaper
-    than torch's ``log_ndtr``, which goes through ``erfcx`` everywhere) and
-    ``torch.special.log_ndtr`` on the far tail only."""
-    out = torch.special.erfc(t.clamp_min(_TAIL) * -_SQRT_HALF).log() - _LOG_2
-    tail = t < _TAIL
-    if bool(tail.any()):
+    """``log Φ(t)``: ``log(erfc(−t/√2)) − log 2`` down to the dtype's tail threshold (accurate
+    there, and ~15× cheaper than torch's ``log_ndtr``, which goes through ``erfcx`` everywhere)
+    and ``torch.special.log_ndtr`` beyond it (on those entries only, and only when ``t`` has
+    any: one reduction decides)."""
+    cut = _TAIL.get(t.dtype, -5.0)
+    out = torch.special.erfc(t.clamp_min(cut).mul_(-_SQRT_HALF)).log_().sub_(_LOG_2)
+    if t.numel() and float(t.detach().min()) < cut:
+        tail = t < cut
         out = out.masked_scatter(tail, torch.special.log_ndtr(t[tail]))
     return out
 
@@ -109,7 +115,7 @@ class Bernoulli(Likelihood):
         t = s * F
         if self.link == "probit":
             lp = log_ndtr(t)
-            r = torch.exp(-0.5 * t * t - _HALF_LOG_2PI - lp)
+            r = torch.addcmul(lp, t, t, value=0.5).add_(_HALF_LOG_2PI).neg_().exp_()  # φ/Φ
             out = (lp, s * r)
             return out + (-r * (t + r),) if second else out
         lp = -torch.nn.functional.softplus(-t)

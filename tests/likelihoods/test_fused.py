@@ -122,3 +122,10 @@ def test_a_likelihood_with_trainable_parameters_keeps_autodiff_so_they_get_gradi
     ref = lik.quadrature_expectations(f_mean, f_var, y).sum()
     torch.testing.assert_close(grad_a, torch.autograd.grad(ref, lik.a)[0], rtol=1e-12, atol=0)
     assert float(grad_a) != 0.0
+
+
+def test_log_ndtr_in_float32_matches_torchs_across_the_tail_switch():
+    from natvi.likelihoods.discrete import log_ndtr
+
+    t = torch.linspace(-40, 10, 1001, dtype=torch.float32)
+    torch.testing.assert_close(log_ndtr(t), torch.special.log_ndtr(t), rtol=2e-6, atol=1e-7)
