@@ -35,6 +35,7 @@ from sklearn.model_selection import train_test_split
 
 from natvi._io import atomic_savefig, atomic_write_csv
 from natvi.estimators import TRAINING_DEFAULTS, make_estimator
+from natvi.estimators._base import natgrad_lr_for
 
 __all__ = ["bundled_breast_cancer", "ill_conditioned_counts", "run_comparison", "run_demo",
            "METHODS"]
@@ -176,7 +177,8 @@ def _fit_counts_q_only(method: str, data, args):
     natgrad = method == "natgrad"
     stop = ElboPlateau(d["tol"], d["n_iter_no_change"], num_data=len(y),
                        start=d["warmup_iter"] if natgrad else 0)
-    lr = LogLinearWarmup(1e-4, d["natgrad_lr"], d["warmup_iter"]) if natgrad else d["learning_rate"]
+    gamma = natgrad_lr_for(model.likelihood, d["natgrad_lr"])
+    lr = LogLinearWarmup(1e-4, gamma, d["warmup_iter"]) if natgrad else d["learning_rate"]
     result = fit(model, X, Y, method=method, iterations=60 if args.quick else d["max_iter"],
                  lr=lr, stop_when=stop, callback=track, progress=not args.no_progress,
                  seed=args.seed)

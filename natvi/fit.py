@@ -32,11 +32,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from natvi._closures import checking_closure, evaluate, profiling_closure
 from natvi._history import FitResult, History
 from natvi._io import atomic_torch_save, check_output_file, load_torch_file
 from natvi._threads import check_threads, limit_threads
 from natvi._validation import check_finite
 from natvi.model import check_model
+from natvi.optim.lbfgs import AlternatingLBFGS
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.optim.safeguards import Safeguard
 from natvi.optim.schedules import check_lr
@@ -46,6 +48,7 @@ from natvi.variational import GaussianVariational
 __all__ = ["fit", "FitResult", "History"]
 
 METHODS = ("natgrad", "adam")
+HYPER_OPTIMIZERS = ("adam", "lbfgs")
 _CHECKPOINT_VERSION = 1
 
 
@@ -117,15 +120,21 @@ def _hyper_optimizer(model: nn.Module, hyper_optimizer: Any, hyper_lr: float):
     params = [p for p in model.hyperparameters() if p.requires_grad]
     if isinstance(hyper_optimizer, torch.optim.Optimizer):
         return hyper_optimizer
+    if isinstance(hyper_optimizer, str) and hyper_optimizer not in HYPER_OPTIMIZERS:
+        raise ValueError(f"unknown hyper_optimizer {hyper_optimizer!r}; choose one of "
+                         f"{', '.join(HYPER_OPTIMIZERS)}, a torch.optim.Optimizer or a factory.")
     if not params:
         return None
-    if hyper_optimizer is None:
+    if hyper_optimizer is None or hyper_optimizer == "adam":
         return torch.optim.Adam(params, lr=check_lr("hyper_lr", hyper_lr))
+    if hyper_optimizer == "lbfgs":
+        return AlternatingLBFGS(params)
     if callable(hyper_optimizer):
         return hyper_optimizer(params)
     raise ValueError(
-        "hyper_optimizer must be None (Adam with hyper_lr), a torch.optim.Optimizer, or a "
-        f"callable params -> Optimizer; got {type(hyper_optimizer).__name__}."
+        "hyper_optimizer must be None or 'adam' (Adam with hyper_lr), 'lbfgs', a "
+        "torch.optim.Optimizer, or a callable params -> Optimizer; got "
+        f"{type(hyper_optimizer).__name__}."
     )
 
 
@@ -167,6 +176,7 @@ def fit(
     safeguard: str | Safeguard | None = "backoff",
     hyper_optimizer: Any = None,
     hyper_lr: float = 1e-2,
+    hyper_warmup: int = 0,
     batch_size: int | None = None,
     recompute_grad: bool = False,
     callback: Callable[[nn.Module, History], float | None] | None = None,
@@ -196,9 +206,16 @@ def fit(
             coordinates (and for data below float64) each step is verified by one extra forward
             pass: the default back-off rejects a step that lowers the ELBO (or, below float64,
             that the model cannot evaluate).
-        hyper_optimizer: ``None`` (Adam with ``hyper_lr``), a ``torch.optim.Optimizer`` over the
-            hyperparameters, or a factory ``params -> Optimizer``.
+        hyper_optimizer: ``None`` or ``"adam"`` (Adam with ``hyper_lr``); ``"lbfgs"``
+            (:class:`natvi.optim.lbfgs.AlternatingLBFGS`: after each natural step, one
+            quasi-Newton step with a line search on the hyperparameters at the new q — the
+            exact alternation, full batch only; its last evaluation is the next iteration's,
+            so an iteration costs about two of Adam's and needs far fewer of them); a
+            ``torch.optim.Optimizer`` over the hyperparameters, or a factory
+            ``params -> Optimizer``.
         hyper_lr: learning rate of the default hyperparameter Adam.
+        hyper_warmup: iterations before the first hyperparameter step, so that q first comes
+            near its optimum (default 0).
         batch_size: minibatch size B (``None``: full batch); the ELBO is scaled by N/B.
         recompute_grad: recompute the hyperparameter gradient after the natural step (see the
             module docstring).
@@ -238,6 +255,7 @@ def fit(
     iterations = _positive_int("iterations", iterations, minimum=0)
     threads = check_threads(threads)
     checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
+    hyper_warmup = _positive_int("hyper_warmup", hyper_warmup, minimum=0)
     if batch_size is not None:
         batch_size = _positive_int("batch_size", batch_size)
     X, y = strategy.prepare(model, X, y, batch_size=batch_size, checkpoint=checkpoint)
@@ -269,6 +287,16 @@ def fit(
         q_opt = torch.optim.Adam(list(model.variational_parameters()), lr=check_lr("lr", adam_lr))
         loss_check = False
     h_opt = _hyper_optimizer(model, hyper_optimizer, hyper_lr)
+    line_search = isinstance(h_opt, AlternatingLBFGS)
+    if line_search and method != "natgrad":
+        raise ValueError("hyper_optimizer='lbfgs' re-optimises q by natural steps at each trial "
+                         "point; use it with method='natgrad' (Adam baseline: 'adam').")
+    if line_search and batch_size is not None:
+        raise ValueError(
+            "hyper_optimizer='lbfgs' needs the full-batch ELBO (its line search and curvature "
+            "pairs are defeated by minibatch noise); use batch_size=None, or "
+            "hyper_optimizer='adam' for minibatches."
+        )
     grad_params = [p for p in model.parameters() if p.requires_grad]
     batches = _Batches(N, batch_size, seed, X.device)
     history, start, elapsed = History(), 0, 0.0
@@ -307,6 +335,7 @@ def fit(
         }, path)
 
     stopped = False
+    carried: float | None = None  # the loss whose gradients are in .grad (after an L-BFGS step)
     bar = tqdm(total=iterations, initial=start, disable=not progress, desc=f"fit ({method})")
     restore_threads = limit_threads(threads)
     try:
@@ -315,10 +344,10 @@ def fit(
             idx = batches.next()
             Xb, yb = (X, y) if idx is None else (X[idx], y[idx])
             num_data = None if idx is None else N
-            model.zero_grad(set_to_none=True)
-            loss = -strategy.objective(model, Xb, yb, num_data)
-            loss.backward()
-            loss = strategy.reduce(loss.detach(), grad_params)
+            if carried is None:
+                loss = evaluate(strategy, model, Xb, yb, num_data, grad_params)
+            else:
+                loss, carried = torch.tensor(carried, dtype=X.dtype, device=X.device), None
             loss_value = float(loss)
             if not math.isfinite(loss_value):
                 raise ValueError(
@@ -326,19 +355,23 @@ def fit(
                     "hyperparameters or the data are to blame; lower hyper_lr, check X and y, "
                     "or fix the diverging hyperparameters (requires_grad=False)."
                 )
-            if method == "natgrad":
-                q_opt.step(_checking_closure(strategy, model, Xb, yb, num_data, loss)
-                           if loss_check else None)
-                records, step_lr = q_opt.last_records, None
-                if recompute_grad and h_opt is not None:
-                    model.zero_grad(set_to_none=True)
-                    (-strategy.objective(model, Xb, yb, num_data)).backward()
-                    strategy.reduce(loss, grad_params)
+            if line_search and h_opt is not None and it >= hyper_warmup:
+                # One L-BFGS step on θ; each trial point first gets a natural step on q.
+                h_opt.step(profiling_closure(strategy, model, Xb, yb, num_data, grad_params,
+                                              q_opt, loss_check), loss=loss)
+                records, step_lr, carried = q_opt.last_records, None, h_opt.last_loss
             else:
-                q_opt.step()
-                records, step_lr = (), float(q_opt.param_groups[0]["lr"])
-            if h_opt is not None:
-                h_opt.step()
+                if method == "natgrad":
+                    q_opt.step(checking_closure(strategy, model, Xb, yb, num_data, loss)
+                               if loss_check else None)
+                    records, step_lr = q_opt.last_records, None
+                    if recompute_grad and h_opt is not None and not line_search:
+                        evaluate(strategy, model, Xb, yb, num_data, grad_params)
+                else:
+                    q_opt.step()
+                    records, step_lr = (), float(q_opt.param_groups[0]["lr"])
+                if h_opt is not None and not line_search:
+                    h_opt.step()
             elapsed += time.perf_counter() - t0
 
             history.append_step(
@@ -363,21 +396,3 @@ def fit(
         restore_threads()
     strategy.finish(model)
     return FitResult(model, history, q_opt, h_opt, stopped_early=stopped)
-
-
-def _checking_closure(
-    strategy: Strategy, model: nn.Module, X: Tensor, y: Tensor, num_data: int | None, loss: Tensor
-):
-    """A closure for NaturalGradient's loss check: the first call returns the loss whose
-    gradients are already in ``.grad``; later calls evaluate the loss only (no backward)."""
-    calls = 0
-
-    def closure() -> Tensor:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return loss.detach()
-        with torch.no_grad():
-            return strategy.reduce(-strategy.objective(model, X, y, num_data))
-
-    return closure

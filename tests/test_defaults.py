@@ -91,10 +91,12 @@ def test_defaults_end_by_the_stopping_rule_without_a_warning():
     assert clf.score(X, y) > 0.9
 
 
-def test_reaching_max_iter_warns_and_says_what_to_change():
+@pytest.mark.parametrize("hyper, advice", [("adam", "learning_rate"), ("lbfgs", "raise max_iter")])
+def test_reaching_max_iter_warns_and_says_what_to_change(hyper, advice):
     X, y = _moons()
-    with pytest.warns(ConvergenceWarning, match=r"max_iter=30 .*learning_rate"):
-        clf = SparseGPClassifier(num_inducing=10, max_iter=30, random_state=0).fit(X, y)
+    with pytest.warns(ConvergenceWarning, match=rf"max_iter=30 .*{advice}"):
+        clf = SparseGPClassifier(num_inducing=10, max_iter=30, hyper_optimizer=hyper,
+                                 random_state=0).fit(X, y)
     assert clf.n_iter_ == 30
 
 

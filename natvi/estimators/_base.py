@@ -27,16 +27,34 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "max_iter": 2000,
     "tol": 5e-4,
     "n_iter_no_change": 20,
+    "hyper_optimizer": "lbfgs",
     "learning_rate": 0.05,
-    "natgrad_lr": 0.5,
+    "natgrad_lr": None,
     "warmup_iter": 5,
 }
 """The estimators' (and ``natvi fit``'s) training settings, chosen by measuring time to a
-converged model (``python -m benchmarks wallclock``). With q kept near its optimum by natural
-steps (γ = 0.5 after a 5-step warm-up) the hyperparameters see a nearly stationary objective and
-take Adam steps of 0.05 (0.1 made a Poisson count model with large counts oscillate); the run ends when the best ELBO has gained less than ``tol`` nats per
-datum over ``n_iter_no_change`` iterations (:class:`natvi.stopping.ElboPlateau`), well before
-``max_iter`` on ordinary data. Reaching ``max_iter`` raises a ``ConvergenceWarning``."""
+converged model (``python -m benchmarks wallclock``). After ``warmup_iter`` natural steps on q
+alone (γ rising log-linearly from 1e-4), each iteration takes one L-BFGS step on the
+hyperparameters whose every trial point first gets a natural step on q
+(:class:`natvi.optim.lbfgs.AlternatingLBFGS`: a line search on the profiled objective
+``max_q ELBO``); γ is ``natgrad_lr``, or with ``None`` 1 for a conjugate (Gaussian) likelihood —
+the exact optimum of q in one step — and 0.5 otherwise. ``hyper_optimizer="adam"`` takes Adam
+steps of ``learning_rate`` on the hyperparameters instead (the recipe of Salimbeni et al. 2018;
+also what ``method="adam"`` uses on everything). The run ends when the best ELBO has gained less
+than ``tol`` nats per datum over ``n_iter_no_change`` iterations
+(:class:`natvi.stopping.ElboPlateau`), well before ``max_iter`` on ordinary data. Reaching
+``max_iter`` raises a ``ConvergenceWarning``."""
+
+NATGRAD_LR = {"conjugate": 1.0, "other": 0.5}
+"""``natgrad_lr=None``: γ after the warm-up, by whether the likelihood is conjugate."""
+
+
+def natgrad_lr_for(likelihood: Any, natgrad_lr: float | None) -> float:
+    """``natgrad_lr``, or for ``None`` the default for ``likelihood`` (:data:`NATGRAD_LR`)."""
+    if natgrad_lr is not None:
+        return float(natgrad_lr)
+    return NATGRAD_LR["conjugate" if getattr(likelihood, "conjugate", False) else "other"]
+
 
 _KERNELS = ("rbf", "matern12", "matern32", "matern52")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -92,12 +110,17 @@ class SparseGPBase(BaseEstimator):
             raise ValueError(f"ard must be True or False, got {self.ard!r}.")
         if self.method not in ("natgrad", "adam"):
             raise ValueError(f"method must be 'natgrad' or 'adam', got {self.method!r}.")
+        if self.hyper_optimizer not in ("lbfgs", "adam"):
+            raise ValueError(
+                f"hyper_optimizer must be 'lbfgs' or 'adam', got {self.hyper_optimizer!r}.")
         for name in ("num_inducing", "max_iter", "n_iter_no_change", "warmup_iter"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         for name in ("tol", "learning_rate", "natgrad_lr"):
             value = getattr(self, name)
+            if name == "natgrad_lr" and value is None:
+                continue
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
                 name != "tol" and value == 0
             ):
@@ -173,22 +196,28 @@ class SparseGPBase(BaseEstimator):
         self._train(Xs, y.to(self._torch_kw["device"]), seed)
 
     def _train(self, X: torch.Tensor, y: torch.Tensor, seed: int) -> None:
-        """Natural steps (log-linear warm-up) + Adam on the hyperparameters, or Adam on
-        everything (q included) at ``learning_rate``; stop on the ELBO plateau."""
+        """``warmup_iter`` natural steps on q, then natural steps alternating with L-BFGS (or
+        Adam) on the hyperparameters — or Adam on everything (q included) at
+        ``learning_rate``; stop on the ELBO plateau."""
         from natvi.fit import fit
         from natvi.optim.schedules import LogLinearWarmup
         from natvi.stopping import ElboPlateau
 
         natgrad = self.method == "natgrad"
+        warmup = int(self.warmup_iter) if natgrad else 0
         stop = ElboPlateau(tol=float(self.tol), n_iter_no_change=int(self.n_iter_no_change),
-                           num_data=int(X.shape[0]), start=int(self.warmup_iter) if natgrad else 0)
+                           num_data=int(X.shape[0]), start=warmup)
         if natgrad:
-            lr = LogLinearWarmup(1e-4, self.natgrad_lr, int(self.warmup_iter))
+            gamma = natgrad_lr_for(self.model_.likelihood, self.natgrad_lr)
+            lr = LogLinearWarmup(1e-4, gamma, warmup)
+            hyper = self.hyper_optimizer
         else:
-            lr = float(self.learning_rate)
+            lr, hyper = float(self.learning_rate), "adam"
         result = fit(
             self.model_, X, y, method=self.method, iterations=int(self.max_iter), lr=lr,
-            hyper_lr=self.learning_rate, stop_when=stop, progress=bool(self.progress), seed=seed,
+            hyper_optimizer=hyper, hyper_lr=self.learning_rate,
+            hyper_warmup=warmup if hyper == "lbfgs" else 0, stop_when=stop,
+            progress=bool(self.progress), seed=seed,
             callback=getattr(self, "_fit_callback", None),  # set by natvi demo/compare only
         )
         self.history_ = result.history
@@ -264,6 +293,11 @@ class SparseGPBase(BaseEstimator):
         )
 
 
+def _uses_lbfgs(est: SparseGPBase) -> bool:
+    """Whether ``est`` trains its hyperparameters by L-BFGS (natural steps on q)."""
+    return est.method == "natgrad" and est.hyper_optimizer == "lbfgs"
+
+
 def _warn_not_converged(est: SparseGPBase, stop) -> None:
     gain = stop.last_gain
     if not math.isfinite(gain):
@@ -271,12 +305,15 @@ def _warn_not_converged(est: SparseGPBase, stop) -> None:
     elif gain < 0:
         state = (f"its best over the last {stop.n_iter_no_change} iterations is {-gain:.2g} nats "
                  "per datum below its earlier best: the steps oscillate")
-        advice = "lower learning_rate (the hyperparameters' step) or natgrad_lr"
+        advice = ("lower natgrad_lr" if _uses_lbfgs(est) else
+                  "lower learning_rate (the hyperparameters' step) or natgrad_lr")
     else:
         state = (f"the best ELBO still gained {gain:.2g} nats per datum over the last "
                  f"{stop.n_iter_no_change} iterations")
-        advice = ("raise max_iter, or raise learning_rate (the hyperparameters' step) for faster "
-                  "progress, or raise tol to accept a looser optimum")
+        advice = ("raise max_iter, or raise tol to accept a looser optimum" if _uses_lbfgs(est) else
+                  "raise max_iter, or raise learning_rate (the hyperparameters' step) for faster "
+                  "progress, or use hyper_optimizer='lbfgs', or raise tol to accept a looser "
+                  "optimum")
     warnings.warn(
         f"{type(est).__name__} reached max_iter={est.max_iter} before the ELBO settled "
         f"({state}; tol={est.tol}). The model may be under-trained: {advice}.",

@@ -30,11 +30,15 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
     2. place ``num_inducing`` inducing points at k-means centres of the inputs;
     3. an RBF kernel (or a Matérn) with one lengthscale and a learned scale (``ard=True``: one
        lengthscale per feature), a constant mean;
-    4. ``method="natgrad"``: natural-gradient steps on q(u) with the log-linear warm-up
-       ``γ_t = 1e-4 (natgrad_lr / 1e-4)^{min(t / warmup_iter, 1)}`` alternating with Adam
-       (``learning_rate``) on kernel, likelihood and inducing inputs — the recipe of Salimbeni,
-       Eleftheriadis & Hensman (2018); ``method="adam"`` runs Adam at ``learning_rate`` on
-       everything instead;
+    4. ``method="natgrad"``: ``warmup_iter`` natural-gradient steps on q(u) alone (γ rising
+       log-linearly from 1e-4 to ``natgrad_lr``; ``None``: 0.5, or 1 for a conjugate
+       likelihood), then per iteration one L-BFGS step with a line search on kernel,
+       likelihood and inducing inputs, every trial point of which first gets a natural step
+       on q — so the hyperparameters follow the profiled objective ``max_q ELBO``
+       (``hyper_optimizer="lbfgs"``, :class:`natvi.optim.lbfgs.AlternatingLBFGS`);
+       ``hyper_optimizer="adam"``: Adam steps of ``learning_rate`` on the hyperparameters
+       instead (Salimbeni, Eleftheriadis & Hensman 2018); ``method="adam"`` runs Adam at
+       ``learning_rate`` on everything;
     5. stop once the best ELBO has gained less than ``tol`` nats per datum over the last
        ``n_iter_no_change`` iterations (:class:`natvi.stopping.ElboPlateau`), or at
        ``max_iter`` with a ``sklearn.exceptions.ConvergenceWarning``. The defaults
@@ -64,11 +68,12 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
         kernel: str = "rbf",
         ard: bool = False,
         method: str = "natgrad",
+        hyper_optimizer: str = _D["hyper_optimizer"],
         max_iter: int = _D["max_iter"],
         tol: float = _D["tol"],
         n_iter_no_change: int = _D["n_iter_no_change"],
         learning_rate: float = _D["learning_rate"],
-        natgrad_lr: float = _D["natgrad_lr"],
+        natgrad_lr: float | None = _D["natgrad_lr"],
         warmup_iter: int = _D["warmup_iter"],
         random_state: int | None = None,
         dtype: str = "float64",
@@ -81,6 +86,7 @@ class SparseGPClassifier(ClassifierMixin, SparseGPBase):
         self.kernel = kernel
         self.ard = ard
         self.method = method
+        self.hyper_optimizer = hyper_optimizer
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change

@@ -19,8 +19,9 @@ __all__ = ["SparseGPRegressor", "SparseGPCountRegressor"]
 _SETTINGS_DOC = """
     Training is that of :class:`~natvi.SparseGPClassifier`: standardised inputs, k-means
     inducing points, a kernel with one lengthscale (``ard=True``: one per feature),
-    natural-gradient steps with log-linear warm-up plus Adam on hyperparameters
-    (``method="natgrad"``) or Adam on everything (``method="adam"``), stopping when the best
+    natural-gradient steps with log-linear warm-up, then alternating with L-BFGS on the
+    hyperparameters (``hyper_optimizer="lbfgs"``; ``"adam"``: Adam at ``learning_rate``)
+    (``method="natgrad"``), or Adam on everything (``method="adam"``), stopping when the best
     ELBO gains less than ``tol`` nats per datum over ``n_iter_no_change`` iterations, or at
     ``max_iter`` with a ``ConvergenceWarning``.
 """
@@ -41,11 +42,12 @@ class _RegressorBase(RegressorMixin, SparseGPBase):
         kernel: str = "rbf",
         ard: bool = False,
         method: str = "natgrad",
+        hyper_optimizer: str = _D["hyper_optimizer"],
         max_iter: int = _D["max_iter"],
         tol: float = _D["tol"],
         n_iter_no_change: int = _D["n_iter_no_change"],
         learning_rate: float = _D["learning_rate"],
-        natgrad_lr: float = _D["natgrad_lr"],
+        natgrad_lr: float | None = _D["natgrad_lr"],
         warmup_iter: int = _D["warmup_iter"],
         random_state: int | None = None,
         dtype: str = "float64",
@@ -57,6 +59,7 @@ class _RegressorBase(RegressorMixin, SparseGPBase):
         self.kernel = kernel
         self.ard = ard
         self.method = method
+        self.hyper_optimizer = hyper_optimizer
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change

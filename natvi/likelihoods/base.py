@@ -174,6 +174,9 @@ class Likelihood(nn.Module):
     """
 
     num_latent: int = 1
+    conjugate: ClassVar[bool] = False
+    """Whether q's optimum for fixed hyperparameters is Gaussian and one natural step of
+    size 1 reaches it exactly (the Gaussian likelihood)."""
     task: ClassVar[str] = "regression"
     """What the targets are: ``"regression"`` (real values), ``"counts"``, ``"binary"`` or
     ``"multiclass"`` (class labels)."""

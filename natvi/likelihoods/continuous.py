@@ -28,6 +28,8 @@ class Gaussian(Likelihood):
         >>> lik = Gaussian(noise=0.1)
     """
 
+    conjugate = True
+
     def __init__(self, noise: float = 1.0, num_gh: int = 20) -> None:
         super().__init__(num_gh)
         self.raw_noise = nn.Parameter(inv_positive(noise, "noise"))

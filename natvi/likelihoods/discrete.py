@@ -42,6 +42,13 @@ _LOG_2 = math.log(2.0)
 _TAIL = {torch.float64: -26.0, torch.float32: -9.0}
 
 
+def ndtr(t: Tensor) -> Tensor:
+    """``Φ(t) = ½ erfc(−t/√2)``, accurate to a relative 1e-12 also far in the lower tail
+    (``torch.special.ndtr`` loses relative accuracy there: 4 % at ``t = −8``, and it returns 0
+    below ``t ≈ −8.3`` where Φ is still ~1e-17)."""
+    return 0.5 * torch.special.erfc(t * -_SQRT_HALF)
+
+
 def log_ndtr(t: Tensor) -> Tensor:
     """``log Φ(t)``: ``log(erfc(−t/√2)) − log 2`` down to the dtype's tail threshold (accurate
     there, and ~15× cheaper than torch's ``log_ndtr``, which goes through ``erfcx`` everywhere)
@@ -124,7 +131,7 @@ class Bernoulli(Likelihood):
         return out + (-sig_neg * (1.0 - sig_neg),) if second else out
 
     def conditional_mean(self, F: Tensor) -> Tensor:
-        return torch.special.ndtr(F) if self.link == "probit" else torch.sigmoid(F)
+        return ndtr(F) if self.link == "probit" else torch.sigmoid(F)
 
     def conditional_variance(self, F: Tensor) -> Tensor:
         p = self.conditional_mean(F)
@@ -132,7 +139,7 @@ class Bernoulli(Likelihood):
 
     def _predict_mean_and_var(self, f_mean: Tensor, f_var: Tensor) -> tuple[Tensor, Tensor]:
         if self.link == "probit":
-            p = torch.special.ndtr(f_mean / torch.sqrt(1.0 + f_var))
+            p = ndtr(f_mean / torch.sqrt(1.0 + f_var))
         else:
             p = super()._predict_mean_and_var(f_mean, f_var)[0]
         return p, p * (1 - p)

@@ -129,3 +129,22 @@ def test_log_ndtr_in_float32_matches_torchs_across_the_tail_switch():
 
     t = torch.linspace(-40, 10, 1001, dtype=torch.float32)
     torch.testing.assert_close(log_ndtr(t), torch.special.log_ndtr(t), rtol=2e-6, atol=1e-7)
+
+
+def test_ndtr_keeps_its_relative_accuracy_in_the_lower_tail():
+    # torch.special.ndtr is off by 4 % at t = -8 and returns 0 below -8.3, so predict_proba of a
+    # confident probit classifier (and its log-loss) was wrong in the tail; scipy's ndtr is the
+    # independent reference.
+    from scipy.special import ndtr as scipy_ndtr
+
+    from natvi.likelihoods import Bernoulli
+    from natvi.likelihoods.discrete import ndtr
+
+    t = torch.linspace(-37.0, 8.0, 4501, dtype=torch.float64)
+    ref = torch.as_tensor(scipy_ndtr(t.numpy()))
+    torch.testing.assert_close(ndtr(t), ref, rtol=1e-12, atol=0.0)
+    mean, var = torch.tensor([-12.0, -3.0, 0.5]), torch.tensor([3.0, 0.5, 0.1])
+    mean, var = mean.double(), var.double()
+    p, _ = Bernoulli().predict_mean_and_var(mean, var)
+    ref = torch.as_tensor(scipy_ndtr((mean / (1 + var).sqrt()).numpy()))
+    torch.testing.assert_close(p, ref, rtol=1e-12, atol=0.0)
