@@ -203,6 +203,7 @@ def natvi_method(
     gamma: tuple[float, float, int] = (1e-4, 0.1, 5),
     adam_lr: float = 0.01,
     safeguard: str = "backoff",
+    hyper: str = "adam",
     **build_kw,
 ) -> Method:
     """natvi's natural gradients + Adam on hyperparameters (``"ngd"``) or Adam only (``"adam"``).
@@ -220,6 +221,10 @@ def natvi_method(
     build_kw.setdefault("parameterization", Natural() if kind == "ngd" else MeanCholesky())
     problem = build(**build_kw)
     model = problem.model
+    if gamma[1] is None:  # the estimators' natgrad_lr=None: 1 if conjugate, else 0.5
+        from natvi.estimators._base import natgrad_lr_for
+
+        gamma = (gamma[0], natgrad_lr_for(model.likelihood, None), gamma[2])
     hypers = [p for p in model.hyperparameters() if p.requires_grad]
     opts: list[torch.optim.Optimizer] = []
     if kind == "ngd":
@@ -231,6 +236,8 @@ def natvi_method(
     if hypers:
         opts.append(torch.optim.Adam(hypers, lr=adam_lr))
     X, y = problem.X, problem.y
+    if kind == "ngd" and hyper == "lbfgs" and hypers:
+        return _natvi_lbfgs(problem, opts[0], hypers, warmup=gamma[2])
 
     def step() -> float:
         for o in opts:
@@ -246,6 +253,38 @@ def natvi_method(
             return float(model.predict_log_density(problem.X_test, problem.y_test).mean())
 
     return Method(f"natvi-{kind}", step, heldout, model)
+
+
+def _natvi_lbfgs(problem: Problem, ngd, hypers: list, warmup: int) -> Method:
+    """natvi's estimator default: ``warmup`` natural steps, then per iteration one
+    ``AlternatingLBFGS`` step on the hyperparameters whose trial points each get a natural step
+    on q (as ``natvi.fit(hyper_optimizer="lbfgs")``, the last evaluation reused)."""
+    from natvi._closures import evaluate, profiling_closure
+    from natvi.optim.lbfgs import AlternatingLBFGS
+    from natvi.strategy import Local
+
+    model, X, y = problem.model, problem.X, problem.y
+    params = [p for p in model.parameters() if p.requires_grad]
+    lbfgs, state = AlternatingLBFGS(hypers), {"t": 0, "loss": None}
+
+    def step() -> float:
+        loss = state["loss"]
+        if loss is None:
+            loss = float(evaluate(Local(), model, X, y, None, params))
+        if state["t"] < warmup:
+            ngd.step()
+            state["loss"] = None
+        else:
+            closure = profiling_closure(Local(), model, X, y, None, params, ngd, False)
+            state["loss"] = lbfgs.step(closure, loss=loss)
+        state["t"] += 1
+        return -loss
+
+    def heldout() -> float:
+        with torch.no_grad():
+            return float(model.predict_log_density(problem.X_test, problem.y_test).mean())
+
+    return Method("natvi-ngd", step, heldout, model)
 
 
 def make_method(name: str, build: Callable[..., Problem], **kw) -> Method:
