@@ -21,7 +21,8 @@ learns from is measured at one and the same q:
    memory when ``sᵀy > 0``. If no step is accepted, θ returns to θ_k *bit for bit*, the memory
    is cleared and the next step starts from a ten times shorter ``first_step``.
 
-The loss never rises within a step. After :meth:`step` every ``.grad`` the closure wrote is the
+The loss never rises within a step. When the predicted decrease ``−g_kᵀd`` is below what the
+loss resolves (``64 ε |ℓ_k|``), no line search is tried: θ stays and the closure is called once. After :meth:`step` every ``.grad`` the closure wrote is the
 gradient at the point the optimiser left (the accepted one; after a failed line search the
 closure is called once more at θ_k), and :attr:`last_loss` is its loss — so the caller's next
 iteration can use them instead of evaluating the model again (``natvi.fit`` does).
@@ -170,6 +171,12 @@ class AlternatingLBFGS(torch.optim.Optimizer):
         if slope == 0.0:  # a zero gradient: nothing to do, .grad is current
             self.last_loss, self.last_t = loss0, 0.0
             return loss0
+        if -slope <= 64 * torch.finfo(g0.dtype).eps * max(abs(loss0), 1.0):
+            # The predicted decrease is below what the loss can resolve in this precision: a
+            # line search could only fail (at 2 evaluations per try). θ stays; one evaluation
+            # at θ (the other block still moves, if the closure moves it).
+            self.last_loss, self.last_t = float(closure()), 0.0
+            return self.last_loss
         t = 1.0
         for _ in range(group["max_backtracks"] + 1):
             self._set(x0 + t * d)

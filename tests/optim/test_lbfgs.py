@@ -112,3 +112,13 @@ def test_bad_settings_are_value_errors(kwargs, match):
         AlternatingLBFGS([torch.zeros(2, requires_grad=True)], **kwargs)
     with pytest.raises(ValueError, match="closure"):
         AlternatingLBFGS([torch.zeros(2, requires_grad=True)]).step(None)
+
+
+def test_no_line_search_below_the_resolution_of_the_loss():
+    f = lambda x: 1e6 + ((x - 1) ** 2).sum()  # noqa: E731
+    x = torch.full((3,), 1 + 1e-9, dtype=DT, requires_grad=True)  # decrease ~1e-18 << 1e6 eps
+    opt = AlternatingLBFGS([x])
+    calls = []
+    loss = opt.step(_closure(x, f, calls))
+    assert len(calls) == 2 and opt.last_t == 0.0  # the first evaluation and one at x
+    assert torch.equal(x.detach(), torch.full((3,), 1 + 1e-9, dtype=DT)) and loss == float(f(x).detach())
