@@ -236,8 +236,14 @@ def natvi_method(
     if hypers:
         opts.append(torch.optim.Adam(hypers, lr=adam_lr))
     X, y = problem.X, problem.y
+
+    def heldout() -> float:
+        with torch.no_grad():
+            return float(model.predict_log_density(problem.X_test, problem.y_test).mean())
+
     if kind == "ngd" and hyper == "lbfgs" and hypers:
-        return _natvi_lbfgs(problem, opts[0], hypers, warmup=gamma[2])
+        return Method("natvi-ngd", _lbfgs_step(problem, opts[0], hypers, gamma[2]), heldout,
+                      model)
 
     def step() -> float:
         for o in opts:
@@ -248,14 +254,10 @@ def natvi_method(
             o.step()
         return float(elbo.detach())
 
-    def heldout() -> float:
-        with torch.no_grad():
-            return float(model.predict_log_density(problem.X_test, problem.y_test).mean())
-
     return Method(f"natvi-{kind}", step, heldout, model)
 
 
-def _natvi_lbfgs(problem: Problem, ngd, hypers: list, warmup: int) -> Method:
+def _lbfgs_step(problem: Problem, ngd, hypers: list, warmup: int) -> Callable[[], float]:
     """natvi's estimator default: ``warmup`` natural steps, then per iteration one
     ``AlternatingLBFGS`` step on the hyperparameters whose trial points each get a natural step
     on q (as ``natvi.fit(hyper_optimizer="lbfgs")``, the last evaluation reused)."""
@@ -280,11 +282,7 @@ def _natvi_lbfgs(problem: Problem, ngd, hypers: list, warmup: int) -> Method:
         state["t"] += 1
         return -loss
 
-    def heldout() -> float:
-        with torch.no_grad():
-            return float(model.predict_log_density(problem.X_test, problem.y_test).mean())
-
-    return Method("natvi-ngd", step, heldout, model)
+    return step
 
 
 def make_method(name: str, build: Callable[..., Problem], **kw) -> Method:

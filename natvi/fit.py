@@ -207,10 +207,12 @@ def fit(
             pass: the default back-off rejects a step that lowers the ELBO (or, below float64,
             that the model cannot evaluate).
         hyper_optimizer: ``None`` or ``"adam"`` (Adam with ``hyper_lr``); ``"lbfgs"``
-            (:class:`natvi.optim.lbfgs.AlternatingLBFGS`: after each natural step, one
-            quasi-Newton step with a line search on the hyperparameters at the new q — the
-            exact alternation, full batch only; its last evaluation is the next iteration's,
-            so an iteration costs about two of Adam's and needs far fewer of them); a
+            (:class:`natvi.optim.lbfgs.AlternatingLBFGS`, ``method="natgrad"`` and full batch
+            only: after ``hyper_warmup`` natural steps, each iteration is one quasi-Newton step
+            with a line search on the hyperparameters, every trial point of which resets q and
+            takes one natural step on q there — the profiled objective ``max_q ELBO``; its last
+            evaluation is the next iteration's, so an iteration costs about two of Adam's and
+            far fewer are needed); a
             ``torch.optim.Optimizer`` over the hyperparameters, or a factory
             ``params -> Optimizer``.
         hyper_lr: learning rate of the default hyperparameter Adam.

@@ -3,6 +3,7 @@ models; step-size schedules; safeguards. Each module re-exports its public names
 
 from natvi.optim import safeguards, schedules
 from natvi.optim.dsngd import DSNGD, SNGD, mlr_logits
+from natvi.optim.lbfgs import AlternatingLBFGS
 from natvi.optim.mirror import MirrorDescent
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.optim.ngd import NGD
@@ -12,6 +13,7 @@ from natvi.optim.schedules import Constant, Decay, LogLinearWarmup
 
 __all__: list[str] = [
     "NaturalGradient",
+    "AlternatingLBFGS",
     "NGD",
     "FisherPreconditioner",
     "schedules",

@@ -5,27 +5,30 @@ its steps — the hyperparameters of a variational GP while natural steps move q
 kept near its optimum q*(θ), the hyperparameters see (nearly) the profiled objective
 ``F(θ) = max_q ELBO(q, θ)``, a smooth deterministic function on full-batch data — the setting
 where a quasi-Newton method beats Adam by a wide margin (measured in ``benchmarks/wallclock``).
-``torch.optim.LBFGS`` does not fit that loop: it forms its curvature pairs from gradients taken
-at different q (one before, one after the natural step), and a direction that is not a descent
-direction ends its step without moving while its memory still records one, so it can stall for
-good. This optimiser makes one quasi-Newton step per :meth:`step` call, and everything it
-learns from is measured at one and the same q:
+``torch.optim.LBFGS`` does not fit that loop: its curvature pairs mix gradients taken before and
+after q moved, and a direction that is not a descent direction ends its step without moving while
+its memory still records one, so it can stall for good. This optimiser makes one quasi-Newton
+step per :meth:`step` call, and everything it learns from comes from the closure:
 
-1. ``closure()`` at the current θ_k (q fixed from here on): loss ``ℓ_k`` and gradient ``g_k``;
+1. the loss ``ℓ_k`` and gradient ``g_k`` at the current θ_k: passed in (``loss=``, with the
+   gradient in ``.grad``) or from ``closure()``;
 2. the two-loop recursion over the last ``history_size`` pairs gives ``d = −H g_k`` (scaled by
    ``sᵀy / yᵀy`` of the newest pair; with no pairs, ``d = −g_k`` scaled so that its largest
    entry is ``first_step``); a ``d`` that is not a descent direction clears the memory;
-3. backtracking from ``t = 1``: ``θ_k + t d`` is accepted once
+3. backtracking from ``t = 1``: ``closure()`` at ``θ_k + t d`` until
    ``ℓ(θ_k + t d) ≤ ℓ_k + c₁ t g_kᵀd`` (Armijo), halving ``t`` up to ``max_backtracks`` times;
-4. the accepted pair ``s = t d``, ``y = g(θ_k + t d) − g_k`` (both at the same q) joins the
-   memory when ``sᵀy > 0``. If no step is accepted, θ returns to θ_k *bit for bit*, the memory
-   is cleared and the next step starts from a ten times shorter ``first_step``.
+4. the accepted pair ``s = t d``, ``y = g(θ_k + t d) − g_k`` joins the memory when ``sᵀy > 0``.
+   If no step is accepted, θ returns to θ_k *bit for bit*, the memory is cleared, the next step
+   starts from a ten times shorter ``first_step`` and ``closure()`` is called once more at θ_k.
 
-The loss never rises within a step. When the predicted decrease ``−g_kᵀd`` is below what the
-loss resolves (``64 ε |ℓ_k|``), no line search is tried: θ stays and the closure is called once. After :meth:`step` every ``.grad`` the closure wrote is the
-gradient at the point the optimiser left (the accepted one; after a failed line search the
-closure is called once more at θ_k), and :attr:`last_loss` is its loss — so the caller's next
-iteration can use them instead of evaluating the model again (``natvi.fit`` does).
+The closure may move the other block before it evaluates: ``natvi.fit`` resets q to where it
+was when the step began and takes one natural step on q at the trial θ, so ``ℓ`` and ``g`` are
+those of the profiled objective (at a frozen q the whitened ELBO is far more curved in θ, and
+the search would crawl). The loss at the accepted point is then below ``ℓ_k``. When the
+predicted decrease ``−g_kᵀd`` is below what the loss resolves (``64 ε |ℓ_k|``), no search is
+tried: θ stays and the closure is called once. After :meth:`step` every ``.grad`` the closure
+wrote is the gradient at the point left, and :attr:`last_loss` is its loss — so the caller's
+next iteration can use them instead of evaluating the model again (``natvi.fit`` does).
 
 Use it on full-batch objectives only: minibatch noise defeats the line search and the pairs.
 
