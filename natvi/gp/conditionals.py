@@ -15,6 +15,8 @@ No ``N × N`` matrix and no explicit inverse of a kernel matrix is formed. Batch
 
 from __future__ import annotations
 
+import math
+
 import gpytorch
 import torch
 from linear_operator import to_dense
@@ -34,15 +36,112 @@ __all__ = [
 
 
 def kernel_matrix(kernel: gpytorch.kernels.Kernel, X1: Tensor, X2: Tensor) -> Tensor:
-    """Dense ``k(X1, X2)`` ``[*kernel.batch_shape, N1, N2]`` for ``X1 [N1, D]``, ``X2 [N2, D]``."""
+    """Dense ``k(X1, X2)`` ``[*kernel.batch_shape, N1, N2]`` for ``X1 [N1, D]``, ``X2 [N2, D]``.
+
+    ``ScaleKernel`` over ``RBFKernel`` or ``MaternKernel`` (ν ∈ {½, 3⁄2, 5⁄2}), or either alone,
+    without ``active_dims``, are evaluated in closed form (:func:`_stationary_matrix`: one GEMM
+    and two to six passes over the ``[N1, N2]`` block, where GPyTorch's lazy kernel stack
+    dispatches ~50 operations); every other kernel goes through GPyTorch. Both agree to rounding.
+    """
+    form = _stationary_form(kernel, X1)
+    if form is not None:
+        return _stationary_matrix(*form, X1, X2)
     with gpytorch.settings.lazily_evaluate_kernels(False):
         return to_dense(kernel(X1, X2))
 
 
 def kernel_diag(kernel: gpytorch.kernels.Kernel, X: Tensor) -> Tensor:
-    """``k(x_n, x_n)`` ``[*kernel.batch_shape, N]``."""
+    """``k(x_n, x_n)`` ``[*kernel.batch_shape, N]`` (the outputscale, for the stationary kernels
+    of :func:`kernel_matrix`)."""
+    form = _stationary_form(kernel, X)
+    if form is not None:
+        _, scale, _ = form
+        shape = (*kernel.batch_shape, X.shape[-2])
+        if scale is None:
+            return torch.ones(shape, dtype=X.dtype, device=X.device)
+        return scale.unsqueeze(-1).expand(shape)
     with gpytorch.settings.lazily_evaluate_kernels(False):
         return to_dense(kernel(X, X, diag=True))
+
+
+_MATERN_NU = (0.5, 1.5, 2.5)
+
+
+def _stationary_form(
+    kernel: gpytorch.kernels.Kernel, X: Tensor
+) -> tuple[Tensor, Tensor | None, float | None] | None:
+    """``(lengthscale [*b, 1, D or 1], outputscale [*b] or None, ν or None for RBF)`` for the
+    kernels :func:`kernel_matrix` evaluates in closed form, else ``None``."""
+    scale = None
+    base = kernel
+    if type(kernel) is gpytorch.kernels.ScaleKernel:
+        if kernel.active_dims is not None:
+            return None
+        scale, base = kernel.outputscale, kernel.base_kernel
+    if base.active_dims is not None:
+        return None
+    if type(base) is gpytorch.kernels.RBFKernel:
+        nu = None
+    elif type(base) is gpytorch.kernels.MaternKernel and base.nu in _MATERN_NU:
+        nu = float(base.nu)
+    else:
+        return None
+    ls = base.lengthscale
+    if ls.shape[-1] not in (1, X.shape[-1]) or ls.dtype != X.dtype:
+        return None  # GPyTorch's own path raises its error
+    if scale is not None and not bool((scale > 0).all()):
+        return None  # an outputscale that underflowed to 0: no log(σ²) below
+    return ls, scale, nu
+
+
+def _stationary_matrix(
+    ls: Tensor, scale: Tensor | None, nu: float | None, X1: Tensor, X2: Tensor
+) -> Tensor:
+    """``σ² exp(−½ r²)`` (RBF) or ``σ² p_ν(r) exp(−√(2ν) r)`` (Matérn), ``r = ‖(x − x′) / ℓ‖``.
+
+    Squared distances by the expanded form ``|a|² + |b|² − 2 a·b`` after centring both inputs
+    on the mean of ``X2`` (as GPyTorch does, against cancellation far from the origin); when
+    ``X1 is X2`` the diagonal distance is exactly 0 (so ``k(x, x) = σ²`` to the last bit, and
+    a Matérn distance there is not ``√rounding``). The RBF exponent ``log σ² − ½ r²`` is formed
+    by the GEMM with ``log σ² − ½|b|²`` as its bias: one GEMM and two passes over the block, in
+    place when nothing needs a gradient.
+    """
+    same = X1 is X2
+    centre = X2.mean(-2, keepdim=True)
+    B = (X2 - centre) / ls  # [*b, N2, D]
+    A = B if same else (X1 - centre) / ls  # [*b, N1, D]
+    batch, n1, n2 = A.shape[:-2], A.shape[-2], B.shape[-2]
+    grad = A.requires_grad or B.requires_grad or (scale is not None and scale.requires_grad)
+    half_a = 0.5 * A.square().sum(-1, keepdim=True)  # [*b, N1, 1]
+    b = B.square().sum(-1).unsqueeze(-2)  # [*b, 1, N2]
+    A3, Bt3 = A.reshape(-1, n1, A.shape[-1]), B.reshape(-1, n2, B.shape[-1]).mT
+    on_diag = torch.eye(n1, dtype=torch.bool, device=A.device) if same else None
+    if nu is None:
+        if scale is None:
+            log_s = torch.zeros(*batch, 1, 1, dtype=A.dtype, device=A.device)
+        else:
+            log_s = scale.log()[..., None, None].expand(*batch, 1, 1)
+        bias = (log_s - 0.5 * b).reshape(-1, 1, n2)
+        e = torch.baddbmm(bias, A3, Bt3).reshape(*batch, n1, n2)  # log σ² − ½|b|² + a·b
+        # (no clamp at log σ²: rounding can leave e above it by ~ε·|a|², a relative ~1e-16 in k)
+        s2 = log_s.exp() if scale is None else scale[..., None, None].expand(*batch, 1, 1)
+        if grad:
+            k = (e - half_a).exp()
+            return torch.where(on_diag, s2, k) if same else k
+        k = e.sub_(half_a).exp_()
+        if same:
+            k.diagonal(dim1=-2, dim2=-1).copy_(s2.squeeze(-1).expand(*batch, n1))
+        return k
+    d2 = torch.baddbmm(b.reshape(-1, 1, n2), A3, Bt3, alpha=-2.0).reshape(*batch, n1, n2)
+    r = (d2 + 2.0 * half_a).clamp_min(1e-30).sqrt()
+    if same:
+        r = torch.where(on_diag, 0.0, r)
+    k = torch.exp(-math.sqrt(2.0 * nu) * r)
+    if nu == 1.5:
+        k = k * (1.0 + math.sqrt(3.0) * r)
+    elif nu == 2.5:
+        k = k * (1.0 + math.sqrt(5.0) * r + (5.0 / 3.0) * r.square())
+    return k if scale is None else k * scale[..., None, None]
 
 
 def default_jitter(dtype: torch.dtype) -> float:
@@ -106,24 +205,28 @@ class _Marginals(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, L: Tensor, K: Tensor, m: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
-        A = torch.linalg.solve_triangular(L, K, upper=False)
-        B = D @ A
-        ctx.save_for_backward(L, A, m, D)
-        return (m.unsqueeze(-2) @ A).squeeze(-2), (A * B).sum(-2)
+        # The solve returns A in column-major layout, so Aᵀ [*b, N, M] is contiguous; every
+        # [N, M] product and elementwise pass below works on Aᵀ so that no operand is strided
+        # against another (a mixed-layout ``A * (D A)`` costs ~10x a contiguous one).
+        A_t = torch.linalg.solve_triangular(L, K, upper=False).mT
+        B_t = A_t @ D  # (D A)ᵀ, D symmetric
+        ctx.save_for_backward(L, A_t, m, D)
+        return (A_t @ m.unsqueeze(-1)).squeeze(-1), B_t.mul_(A_t).sum(-1)
 
     @staticmethod
     def backward(ctx, g_mean: Tensor, g_var: Tensor) -> tuple[Tensor, ...]:
-        L, A, m, D = ctx.saved_tensors
+        L, A_t, m, D = ctx.saved_tensors
         need_L, need_K, need_m, need_D = ctx.needs_input_grad
-        AG = A * g_var.unsqueeze(-2)
-        m_bar = (A @ g_mean.unsqueeze(-1)).squeeze(-1) if need_L or need_m else None
-        D_bar = AG @ A.mT if need_L or need_D else None
+        AG_t = A_t * g_var.unsqueeze(-1)  # (A G)ᵀ
+        m_bar = (g_mean.unsqueeze(-2) @ A_t).squeeze(-2) if need_L or need_m else None
+        D_bar = A_t.mT @ AG_t if need_L or need_D else None
         K_bar = L_bar = None
         if need_K:  # fixed hyperparameters and Z: skipped (an O(N M²) product)
-            # K̄ = L⁻ᵀ Ā = (L⁻ᵀ m̃) ḡ_meanᵀ + 2 (L⁻ᵀ D) A G: a GEMM instead of an N-column solve
+            # K̄ = L⁻ᵀ Ā = (L⁻ᵀ m̃) ḡ_meanᵀ + 2 (L⁻ᵀ D) A G: a GEMM instead of an N-column solve,
+            # formed as K̄ᵀ (contiguous [N, M]) and handed back transposed
             Lt_m = torch.linalg.solve_triangular(L.mT, m.unsqueeze(-1), upper=True)
             Lt_D = torch.linalg.solve_triangular(L.mT, D, upper=True)
-            K_bar = Lt_m * g_mean.unsqueeze(-2) + 2.0 * Lt_D @ AG
+            K_bar = (g_mean.unsqueeze(-1) * Lt_m.mT + 2.0 * AG_t @ Lt_D.mT).mT
         if need_L:
             inner = m.unsqueeze(-1) * m_bar.unsqueeze(-2) + 2.0 * D @ D_bar
             L_bar = -torch.linalg.solve_triangular(L.mT, inner, upper=True).tril()

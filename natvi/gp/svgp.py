@@ -102,7 +102,7 @@ class SVGP(VariationalGP):
 
     def _conditional(self, X: Tensor, L_zz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m_t, S_t, logdet, diag = self._whitened_q(L_zz)
-        K_zx = kernel_matrix(self.kernel, self.inducing_points, X)
+        K_zx = kernel_matrix(self.kernel, X, self.inducing_points).mT  # column-major: no copy in the solve
         mean, var = marginals(L_zz, K_zx, kernel_diag(self.kernel, X), m_t, S_t, diag)
         return mean + self._prior_mean(X), var, whitened_kl(m_t, S_t, logdet, diag)
 

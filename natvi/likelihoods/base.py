@@ -116,18 +116,17 @@ class _GaussHermite1D(torch.autograd.Function):
     @staticmethod
     def forward(ctx, f_mean, f_var, likelihood, y, z, w, wz):
         sd = f_var.clamp_min(0).sqrt()
-        F = torch.addr(f_mean, z, sd)  # μ + √v z, [K, N]
-        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-            return w @ likelihood.log_prob_derivatives(F, y)[0]
-        lp, d1 = likelihood.log_prob_derivatives(F, y)[:2]
-        g_mean, g_var = wz @ d1  # Σ_k w_k d1_kn and Σ_k w_k z_k d1_kn
+        grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        value, g_mean, g_var = likelihood._gauss_hermite_sums(f_mean, sd, y, z, w, wz, grad)
+        if not grad:
+            return value
         positive = f_var > 0
         g_var = g_var / (2.0 * torch.where(positive, sd, 1.0))
         if not bool(positive.all()):
             d2 = likelihood.log_prob_derivatives(f_mean, y, second=True)[2]
             g_var = torch.where(positive, g_var, torch.where(f_var == 0, 0.5 * d2, 0.0))
         ctx.save_for_backward(g_mean, g_var)
-        return w @ lp
+        return value
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -202,6 +201,20 @@ class Likelihood(nn.Module):
         overrides only ``log_prob`` — keep autodiff of :meth:`log_prob`.
         """
         raise NotImplementedError(f"{type(self).__name__} does not define log_prob_derivatives")
+
+    def _gauss_hermite_sums(
+        self, f_mean: Tensor, sd: Tensor, y: Tensor, z: Tensor, w: Tensor, wz: Tensor, grad: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The fused expectation's three reductions over the grid ``F = μ + sd z`` ``[K, N]``:
+        ``(Σ_k w_k log p(F_k), Σ_k w_k ∂_f log p(F_k), Σ_k w_k z_k ∂_f log p(F_k))``, each
+        ``[N]`` (the last two ``None`` unless ``grad``). From :meth:`log_prob_derivatives`; a
+        likelihood may fuse the grid further (the probit Bernoulli does), tested against this."""
+        F = torch.addr(f_mean, z, sd)  # μ + sd z, [K, N]
+        if not grad:
+            return w @ self.log_prob_derivatives(F, y)[0], None, None
+        lp, d1 = self.log_prob_derivatives(F, y)[:2]
+        g_mean, g_var = wz @ d1  # Σ_k w_k d1_kn and Σ_k w_k z_k d1_kn
+        return w @ lp, g_mean, g_var
 
     @property
     def analytic_derivatives(self) -> bool:

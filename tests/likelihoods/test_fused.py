@@ -148,3 +148,35 @@ def test_ndtr_keeps_its_relative_accuracy_in_the_lower_tail():
     p, _ = Bernoulli().predict_mean_and_var(mean, var)
     ref = torch.as_tensor(scipy_ndtr((mean / (1 + var).sqrt()).numpy()))
     torch.testing.assert_close(p, ref, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("shift", [0.0, -40.0])
+def test_probit_grid_sums_equal_the_generic_reductions_also_past_the_tail_switch(shift):
+    # shift = -40: grid points reach t < -26, where the probit path hands over to the generic one
+    lik = Bernoulli()
+    f_mean, f_var, y = _inputs(N=60, seed=3)
+    f_mean = f_mean.detach() + shift
+    sd = f_var.detach().sqrt()
+    z, w = gauss_hermite(lik.num_gh, 1, dtype=torch.float64)
+    z = z.squeeze(-1)
+    wz = torch.stack([w, w * z])
+    got = lik._gauss_hermite_sums(f_mean, sd, y, z, w, wz, True)
+    want = Likelihood._gauss_hermite_sums(lik, f_mean, sd, y, z, w, wz, True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    value, none1, none2 = lik._gauss_hermite_sums(f_mean, sd, y, z, w, wz, False)
+    assert none1 is None and none2 is None
+    torch.testing.assert_close(value, want[0], rtol=1e-12, atol=1e-12)
+
+
+def test_fused_probit_in_float32_follows_the_float64_reference():
+    lik = Bernoulli()
+    f_mean, f_var, y = _inputs(N=50, seed=4)
+    ref = lik.variational_expectations(f_mean, f_var, y)
+    g_ref = torch.autograd.grad(ref.sum(), (f_mean, f_var))
+    m32, v32 = (t.detach().float().requires_grad_() for t in (f_mean, f_var))
+    got = lik.variational_expectations(m32, v32, y.float())
+    g_got = torch.autograd.grad(got.sum(), (m32, v32))
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-4, atol=1e-4)
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
