@@ -89,8 +89,6 @@ def _stationary_form(
     ls = base.lengthscale
     if ls.shape[-1] not in (1, X.shape[-1]) or ls.dtype != X.dtype:
         return None  # GPyTorch's own path raises its error
-    if scale is not None and not bool((scale > 0).all()):
-        return None  # an outputscale that underflowed to 0: no log(σ²) below
     return ls, scale, nu
 
 
@@ -104,7 +102,8 @@ def _stationary_matrix(
     ``X1 is X2`` the diagonal distance is exactly 0 (so ``k(x, x) = σ²`` to the last bit, and
     a Matérn distance there is not ``√rounding``). The RBF exponent ``log σ² − ½ r²`` is formed
     by the GEMM with ``log σ² − ½|b|²`` as its bias: one GEMM and two passes over the block, in
-    place when nothing needs a gradient.
+    place when nothing needs a gradient. (An outputscale that underflowed to exactly 0 gives
+    ``k = 0``, as it should, but a NaN gradient for it; ``softplus`` underflows below −745.)
     """
     same = X1 is X2
     centre = X2.mean(-2, keepdim=True)
