@@ -12,7 +12,7 @@ from torch import Tensor
 
 from natvi._validation import check_finite
 
-__all__ = ["symmetrize", "cholesky", "cho_inverse", "cho_solve_vec"]
+__all__ = ["symmetrize", "cholesky", "cho_inverse", "cho_solve_vec", "cholesky_inverse"]
 
 
 def symmetrize(A: Tensor) -> Tensor:
@@ -44,5 +44,17 @@ def cho_inverse(L: Tensor) -> Tensor:
 
 
 def cho_solve_vec(b: Tensor, L: Tensor) -> Tensor:
-    """``(L Lᵀ)⁻¹ b`` for ``b [..., M]``."""
-    return torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
+    """``(L Lᵀ)⁻¹ b`` for ``b [..., M]``: two triangular solves (``torch.cholesky_solve``
+    with one right-hand side costs 5× as much at M = 500)."""
+    batch = torch.broadcast_shapes(b.shape[:-1], L.shape[:-2])
+    L = L.expand(*batch, *L.shape[-2:])
+    x = torch.linalg.solve_triangular(L, b.expand(*batch, b.shape[-1]).unsqueeze(-1), upper=False)
+    return torch.linalg.solve_triangular(L.mT, x, upper=True).squeeze(-1)
+
+
+def cholesky_inverse(L: Tensor) -> Tensor:
+    """``(L Lᵀ)⁻¹``, symmetric, for use where no derivative is taken (``torch.cholesky_inverse``,
+    ~3× cheaper than a solve against I, has a wrong JVP: see above). On CPU its result is
+    symmetric bit for bit already; elsewhere it is symmetrised."""
+    S = torch.cholesky_inverse(L)
+    return S if S.device.type == "cpu" else symmetrize(S)

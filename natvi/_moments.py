@@ -15,7 +15,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from natvi._linalg import cholesky, symmetrize
+from natvi._linalg import cho_solve_vec, cholesky, cholesky_inverse, symmetrize
 
 __all__ = ["precision", "recorded_expectation_gradient", "remember_factor"]
 
@@ -64,7 +64,7 @@ def _precision_factor(P: Tensor) -> tuple[Tensor, Tensor]:
     if hit is not None and torch.equal(hit[0], P):
         return hit[1], hit[2].clone()  # a fresh output tensor for each autograd node
     L_P = cholesky(P, "the precision −2·theta2")
-    return L_P, symmetrize(torch.cholesky_inverse(L_P))
+    return L_P, cholesky_inverse(L_P)
 
 
 # ∇_η L recorded by _NaturalMoments' backward, keyed on id(θ1): (weakref θ1, weakref θ2,
@@ -90,7 +90,7 @@ class _NaturalMoments(torch.autograd.Function):
     @staticmethod
     def forward(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         L_P, S = _precision_factor(precision(theta2))
-        m = torch.cholesky_solve(theta1.unsqueeze(-1), L_P).squeeze(-1)
+        m = cho_solve_vec(theta1, L_P)
         return m, S, -2.0 * L_P.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
     @staticmethod

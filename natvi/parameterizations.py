@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from natvi._linalg import cho_inverse, cho_solve_vec, cholesky, symmetrize
+from natvi._linalg import cho_inverse, cho_solve_vec, cholesky, cholesky_inverse, symmetrize
 from natvi._moments import (
     _NaturalMoments,
     _round_trip_ok,
@@ -123,9 +123,7 @@ class Parameterization:
         L_P, info = torch.linalg.cholesky_ex(P)
         if bool(info.any()):
             return False
-        # (no derivative is taken here, so torch's cholesky_inverse, ~3× cheaper than a solve
-        # against I, is fine despite its wrong JVP; see natvi._linalg)
-        S, m = symmetrize(torch.cholesky_inverse(L_P)), cho_solve_vec(theta1, L_P)
+        S, m = cholesky_inverse(L_P), cho_solve_vec(theta1, L_P)  # (no derivative taken here)
         ok = all_finite(m) and _round_trip_ok(P, S, m)
         if ok and self.natural_coordinates:  # only Natural's forward pass reads it
             remember_factor(P, L_P, S)
