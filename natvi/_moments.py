@@ -29,17 +29,18 @@ def precision(theta2: Tensor) -> Tensor:
 def _round_trip_ok(P: Tensor, S: Tensor, m: Tensor) -> bool:
     """Whether ``η2 − η1 η1ᵀ = (S + m mᵀ) − m mᵀ`` is positive definite in working precision.
 
-    Rounding perturbs ``S`` by ``E`` with ``‖E‖₂ ≤ 2u (‖S‖_F + ‖m‖²)`` (u the unit roundoff),
-    and ``λ_min(S) ≥ 1 / ‖P‖_∞`` (Gershgorin on the precision). When that lower bound exceeds
-    ``8 (M + 2)² u (‖S‖_F + ‖m‖²)`` — Weyl's bound on E with a wide margin for the
+    Rounding perturbs ``S`` by ``E`` with ``‖E‖₂ ≤ 2u (‖S‖_F + ‖m‖²) ≤ 2u (tr S + ‖m‖²)`` (u the
+    unit roundoff; ``S ≻ 0``), and ``λ_min(S) = 1 / λ_max(P) ≥ 1 / tr P``. When that lower bound
+    exceeds ``8 (M + 2)² u (tr S + ‖m‖²)`` — Weyl's bound on E with a wide margin for the
     factorisation's own rounding — the round trip is positive definite and no Cholesky is
-    needed (the usual case in float64); otherwise the Cholesky decides, as it always did.
+    needed (the usual case in float64; the traces cost O(M), not a pass over the matrices);
+    otherwise the Cholesky decides, as it always did.
     """
     M = P.shape[-1]
     u = torch.finfo(P.dtype).eps / 2
-    lam_low = 1.0 / P.abs().sum(-1).amax(-1)
-    scale = torch.linalg.matrix_norm(S) + m.square().sum(-1)
-    if bool((lam_low > 8.0 * (M + 2) ** 2 * u * scale).all()):
+    trace_P = P.diagonal(dim1=-2, dim2=-1).sum(-1)
+    scale = S.diagonal(dim1=-2, dim2=-1).sum(-1) + m.square().sum(-1)
+    if bool((trace_P * scale < 1.0 / (8.0 * (M + 2) ** 2 * u)).all()):
         return True
     mmT = m.unsqueeze(-1) * m.unsqueeze(-2)
     _, info = torch.linalg.cholesky_ex((S + mmT) - mmT)
@@ -115,13 +116,14 @@ class _NaturalMoments(torch.autograd.Function):
         g_ld = zero if g_ld is None else g_ld
         ld = g_ld[..., None, None]
         a = (S @ g_m.unsqueeze(-1)).squeeze(-1)
-        outer = a.unsqueeze(-1) * m.unsqueeze(-2)
-        grad2 = outer + outer.mT + 2.0 * ld * S
+        T = a.unsqueeze(-1) * m.unsqueeze(-2)  # a mᵀ
         if g_S is not None:
-            grad2 = grad2 + 2.0 * symmetrize(S @ G @ S)
+            T = (S @ G) @ S + T
+        # T + Tᵀ = a mᵀ + m aᵀ + 2 sym(S G S), symmetric bit for bit; then + 2 ḡ_ld S
+        grad2 = (T + T.mT).addcmul_(S, 2.0 * ld)
         Gm = (G @ m.unsqueeze(-1)).squeeze(-1) if g_S is not None else torch.zeros_like(m)
         eta1 = g_m - 2.0 * Gm - 2.0 * g_ld[..., None] * theta1
-        eta2 = G - ld * (theta2 + theta2.mT)
+        eta2 = torch.addcmul(G, theta2 + theta2.mT, -ld)  # G + ḡ_ld P
         grad1, grad2 = a.expand_as(theta1), grad2.expand_as(theta2)
         _remember(ctx.refs, grad1, grad2, eta1.expand_as(theta1), eta2.expand_as(theta2))
         return grad1, grad2

@@ -254,14 +254,15 @@ class _FromMoments:
 
     def _prior_blocks(self, x: Tensor, inducing_points: Tensor, **kwargs):
         """``(μ_z, μ_x, K_zz, K_zx, k_xx, the lazy K_xx)`` from one evaluation of the model's
-        prior at ``[Z; X]`` (``K_zz`` and ``K_zx`` as one ``[M, M + N]`` kernel block)."""
+        prior at ``[Z; X]`` (``K_zz`` and ``K_xz`` as one ``[M + N, M]`` kernel block, so that
+        ``K_zx = K_xzᵀ`` is column-major: the triangular solve with it copies nothing)."""
         M = inducing_points.size(-2)
         full_output = self.model.forward(torch.cat([inducing_points, x], dim=-2), **kwargs)
         full_covar = full_output.lazy_covariance_matrix
-        K_z = full_covar[..., :M, :].to_dense()
+        K_z = full_covar[..., :, :M].to_dense()
         data_data = full_covar[..., M:, M:]
         mean = full_output.mean
-        return (mean[..., :M], mean[..., M:], K_z[..., :M], K_z[..., M:],
+        return (mean[..., :M], mean[..., M:], K_z[..., :M, :], K_z[..., M:, :].mT,
                 data_data.diagonal(dim1=-1, dim2=-2), data_data)
 
 
