@@ -124,7 +124,8 @@ def _stationary_matrix(
         e = torch.baddbmm(bias, A3, Bt3).reshape(*batch, n1, n2)  # log σ² − ½|b|² + a·b
         # (no clamp at log σ²: rounding can leave e above it by ~ε·|a|², a relative ~1e-16 in k)
         s2 = log_s.exp() if scale is None else scale[..., None, None].expand(*batch, 1, 1)
-        if grad:
+        if grad:  # (out of place: e is a view of the GEMM's output, and in-place ops on views
+            # under autograd replay as as_strided scatters in the backward pass)
             k = (e - half_a).exp()
             return torch.where(on_diag, s2, k) if same else k
         k = e.sub_(half_a).exp_()
@@ -225,7 +226,7 @@ class _Marginals(torch.autograd.Function):
             # formed as K̄ᵀ (contiguous [N, M]) and handed back transposed
             Lt_m = torch.linalg.solve_triangular(L.mT, m.unsqueeze(-1), upper=True)
             Lt_D = torch.linalg.solve_triangular(L.mT, D, upper=True)
-            K_bar = (g_mean.unsqueeze(-1) * Lt_m.mT + 2.0 * AG_t @ Lt_D.mT).mT
+            K_bar = (AG_t @ (2.0 * Lt_D.mT)).addcmul_(g_mean.unsqueeze(-1), Lt_m.mT).mT
         if need_L:
             inner = m.unsqueeze(-1) * m_bar.unsqueeze(-2) + 2.0 * D @ D_bar
             L_bar = -torch.linalg.solve_triangular(L.mT, inner, upper=True).tril()
