@@ -213,6 +213,23 @@ class _KnownDiagonal(MatmulLinearOperator):
         return self._known_diagonal
 
 
+def _full_output(mu_x: Tensor, L_zz: Tensor, K_zx: Tensor, data_data, m_t: Tensor, S_t: Tensor,
+                 diagonal: bool) -> MultivariateNormal:
+    """q(f) with ``diag=False`` in training, from the whitened q ``(m̃, S̃)``: the mean and the
+    variances by :func:`~natvi.gp.conditionals.marginals`, and the full covariance
+    ``data_data + K_xz C K_zx``, ``C = L_zz⁻ᵀ (S̃ − I) L_zz⁻¹``, evaluated only on demand; its
+    diagonal is those variances (the multi-output wrappers ask for ``diag=False``, and in
+    training GPyTorch's likelihoods read only the variances)."""
+    mean, var_update = marginals(L_zz, K_zx, torch.zeros((), dtype=m_t.dtype, device=m_t.device),
+                                 m_t, S_t, diagonal)
+    eye = torch.eye(L_zz.shape[-1], dtype=L_zz.dtype, device=L_zz.device)
+    D = (torch.diag_embed(S_t) if diagonal else S_t) - eye
+    C = torch.linalg.solve_triangular(L_zz.mT, D, upper=True)  # L⁻ᵀ (S̃ − I)
+    C = torch.linalg.solve_triangular(L_zz.mT, C.mT, upper=True)  # L⁻ᵀ (S̃ − I) L⁻¹
+    update = _KnownDiagonal(K_zx.mT, MatmulLinearOperator(C, K_zx), var_update)
+    return MultivariateNormal(mu_x + mean, SumLinearOperator(data_data, update))
+
+
 class _FromMoments:
     """What natvi's strategies share: the distribution check, and q's moments ``(m, S, log det
     S)`` from one ``q.moments()`` call per forward pass (GPyTorch's cache rules: cleared at
@@ -309,17 +326,8 @@ class NatviVariationalStrategy(_FromMoments, VariationalStrategy):
         if diag:
             mean, var = marginals(L_zz, K_zx, kxx + self.jitter_val, m, S, self._diagonal_q)
             return MultivariateNormal(mu_x + mean, DiagLinearOperator(var))
-        mean, var_update = marginals(L_zz, K_zx, torch.zeros((), dtype=m.dtype, device=m.device),
-                                     m, S, self._diagonal_q)
-        # The full covariance K_xx + jitter·I + K_xz C K_zx, C = L_zz⁻ᵀ (S − I) L_zz⁻¹, evaluated
-        # only on demand; its diagonal is the variances above (the multi-output wrappers ask for
-        # diag=False, and in training the likelihoods read only the variances).
-        D = (torch.diag_embed(S) if self._diagonal_q else S) - eye
-        C = torch.linalg.solve_triangular(L_zz.mT, D, upper=True)  # L⁻ᵀ (S − I)
-        C = torch.linalg.solve_triangular(L_zz.mT, C.mT, upper=True)  # L⁻ᵀ (S − I) L⁻¹
-        update = _KnownDiagonal(K_zx.mT, MatmulLinearOperator(C, K_zx), var_update)
-        return MultivariateNormal(mu_x + mean,
-                                  SumLinearOperator(data_data.add_jitter(self.jitter_val), update))
+        return _full_output(mu_x, L_zz, K_zx, data_data.add_jitter(self.jitter_val), m, S,
+                            self._diagonal_q)
 
     def kl_divergence(self) -> Tensor:
         """``KL(q(v) ‖ N(0, I)) [*b]`` in closed form from q's moments (no factorisation of S)."""
@@ -330,7 +338,7 @@ class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStra
     r"""GPyTorch's ``UnwhitenedVariationalStrategy`` for a :class:`NatviVariationalDistribution`
     (q over ``u = f(Z)``, prior ``N(μ(Z), K_zz + jitter·I)``), computed from q's moments.
 
-    In training (``diag=True``: single-output models) q is whitened once per forward pass,
+    In training q is whitened once per forward pass,
     ``m̃ = L_zz⁻¹ (m − μ(Z))``, ``S̃ = L_zz⁻¹ S L_zz⁻ᵀ``, ``log det S̃ = log det S − log det
     (K_zz + jitter·I)`` (two triangular solves, no Cholesky of S), and then
 
@@ -340,8 +348,11 @@ class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStra
     as :class:`NatviVariationalStrategy` does. Differences from GPyTorch's strategy: it clamps
     ``k(x_n, x_n) − A_nᵀA_n`` at 0 (differs only where rounding makes that negative), and its KL
     read before any forward pass uses a prior with its default jitter 1e-3 (here ``jitter_val``
-    always). Eval mode, ``diag=False`` and ``x = Z`` run GPyTorch's own code with S handed over
-    as its Cholesky factor.
+    always). With ``diag=False`` (the multi-output wrappers) the covariance is lazy and exact,
+    ``K_xx + K_xz L_zz⁻ᵀ (S̃ − I) L_zz⁻¹ K_zx`` with the variances above as its known diagonal
+    (GPyTorch's training form keeps only the diagonal of ``K_xx − Q_xx``: the variances agree,
+    off-diagonal entries, which no GPyTorch likelihood reads in training, are the exact ones).
+    Eval mode and ``x = Z`` run GPyTorch's own code with S handed over as its Cholesky factor.
 
     Example::
 
@@ -351,12 +362,19 @@ class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStra
     def forward(self, x: Tensor, inducing_points: Tensor, inducing_values: Tensor,
                 variational_inducing_covar=None, diag: bool = True, **kwargs) -> MultivariateNormal:
         m, S, logdet = self.moments()
-        if not (self.training and diag) or torch.equal(x, inducing_points):
+        if not self.training or torch.equal(x, inducing_points):
             return super().forward(x, inducing_points, m, self._q_factored(), diag=diag, **kwargs)
-        mu_z, mu_x, K_zz, K_zx, kxx, _ = self._prior_blocks(x, inducing_points, **kwargs)
+        mu_z, mu_x, K_zz, K_zx, kxx, data_data = self._prior_blocks(x, inducing_points, **kwargs)
         L_zz = self._factor(K_zz)
         whitened = whiten_q(m - mu_z, S, L_zz, self._diagonal_q, logdet)
         add_to_cache(self, "natvi_whitened_memo", whitened)
+        # p(u) as GPyTorch's own training pass caches it: a wrapper's KL (the multi-output
+        # strategies call GPyTorch's generic KL with this prior) must see jitter_val, not the
+        # default prior's 1e-3
+        add_to_cache(self, "prior_distribution_memo", MultivariateNormal(
+            mu_z, CholLinearOperator(TriangularLinearOperator(L_zz))))
+        if not diag:
+            return _full_output(mu_x, L_zz, K_zx, data_data, whitened[0], whitened[1], False)
         mean, var = marginals(L_zz, K_zx, kxx, whitened[0], whitened[1], False)
         return MultivariateNormal(mu_x + mean, DiagLinearOperator(var))
 
