@@ -7,7 +7,8 @@ affects both alike; the figure reported is the ratio of medians of per-iteration
 model holds q in ``Natural`` coordinates, the Adam model in ``MeanCholesky`` (Adam cannot work in
 natural coordinates, which must stay negative definite); kernel, Z and data are identical.
 Target (issue 15): natural / Adam ≤ 1.05, so natural gradients never lose wall-clock to Adam per
-iteration. ``--M`` picks the sizes.
+iteration. ``--M`` picks the sizes; ``--retain-memory`` runs both with
+:func:`natvi.retain_freed_memory`.
 """
 
 from __future__ import annotations
@@ -53,8 +54,15 @@ def main(argv: list[str]) -> int:
     parser = _common.parser(NAME, __doc__.splitlines()[0], threads=True)
     parser.add_argument("--M", type=int, nargs="+", default=None, help="inducing-point counts")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--retain-memory", action="store_true",
+                        help="natvi.retain_freed_memory() first (both methods alike)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    retained = False
+    if args.retain_memory:
+        import natvi
+
+        retained = natvi.retain_freed_memory()
     torch.manual_seed(args.seed)
     sizes = args.M or ([50] if args.quick else [50, 200, 500])
     repeats = args.repeats or (2 if args.quick else 5)
@@ -97,7 +105,9 @@ def main(argv: list[str]) -> int:
         out / "README.md",
         "Time per natvi.fit iteration: natural steps vs Adam",
         "python -m benchmarks fit_step" + (" --quick" if args.quick else ""),
-        {"torch threads": args.threads, "iterations per run": iterations, "repeats (interleaved)": repeats, "dtype": "float64",
+        {"torch threads": args.threads, "iterations per run": iterations,
+         "repeats (interleaved)": repeats, "dtype": "float64",
+         "freed memory retained (glibc mallopt)": retained,
          "natural": "Natural() coordinates, lr 0.1, default backoff safeguard, Adam 1e-2 on "
                     "hyperparameters (one shared backward pass)",
          "adam": "MeanCholesky() coordinates, Adam 1e-2 on q and hyperparameters"},

@@ -29,7 +29,8 @@ right after them in a subprocess. Medians after warm-up; ratios < 1 mean natvi i
 
 Run: ``python -m benchmarks step_cost [--quick] [--gpflow-python PATH | --install-gpflow DIR]``
 (``--M``, ``--likelihood``, ``--whiten``, ``--dtype`` select part of the grid;
-``--interop-stock`` adds the ``interop_stock`` column).
+``--interop-stock`` adds the ``interop_stock`` column; ``--retain-memory`` runs the torch
+methods with :func:`natvi.retain_freed_memory`, glibc's allocator told to keep freed blocks).
 """
 
 from __future__ import annotations
@@ -300,8 +301,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--interop-stock", action="store_true",
                         help="also time the interop q under GPyTorch's own VariationalStrategy")
+    parser.add_argument("--retain-memory", action="store_true",
+                        help="natvi.retain_freed_memory() in this process first (natvi and "
+                             "GPyTorch alike; GPflow's TensorFlow keeps its own pool anyway)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    retained = False
+    if args.retain_memory:
+        import natvi
+
+        retained = natvi.retain_freed_memory()
     grid = dict(QUICK if args.quick else FULL)
     for key in ("M", "likelihood", "dtype", "N", "repeats"):
         if getattr(args, key) is not None:
@@ -330,6 +339,7 @@ def main(argv: list[str]) -> int:
                 "hyperparameters and Z fixed",
         "gpflow": "not run (pass --gpflow-python or --install-gpflow)" if python is None
                   else str(python),
+        "freed memory retained (glibc mallopt)": retained,
     }
     notes = (
         "Ratios < 1: natvi's step is cheaper. Targets (issue 15): natvi / fastest peer ≤ 0.8 and "

@@ -11,6 +11,7 @@ from natvi import (
     parameterizations,
     strategy,
 )
+from natvi._threads import retain_freed_memory
 from natvi.fit import fit
 from natvi.model import VariationalModel
 from natvi.natgrad import expectation_gradient, natural_gradient
@@ -41,6 +42,7 @@ __all__ = [
     "linalg",
     "optim",
     "fit",
+    "retain_freed_memory",
     "distributed",
     "strategy",
     "VariationalModel",

@@ -32,6 +32,7 @@ from pathlib import Path
 import natvi
 from natvi._data import LIKELIHOODS, DataError
 from natvi._io import WriteError, atomic_write_text, check_output_dir, check_output_file
+from natvi._threads import retain_freed_memory
 from natvi.likelihoods.registry import entry
 
 __all__ = ["main", "CLIError", "build_parser"]
@@ -326,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``natvi`` command. Run as a program (``argv=None``: the arguments come from
+    ``sys.argv``) it first keeps freed memory inside its own process
+    (:func:`natvi.retain_freed_memory`: each training iteration reuses its buffers instead of
+    page-faulting them back in); called with an explicit ``argv`` it leaves the caller's process
+    as it is."""
+    if argv is None:
+        retain_freed_memory()
     parser = build_parser()
     args: argparse.Namespace | None = None
     try:

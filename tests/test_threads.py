@@ -54,3 +54,18 @@ def test_limit_threads_returns_a_restorer(two_threads):
     assert torch.get_num_threads() == 1
     restore()
     assert torch.get_num_threads() == 2
+
+
+def test_retain_freed_memory_sets_glibcs_thresholds_and_refuses_bad_sizes():
+    import platform
+    import sys
+
+    with pytest.raises(ValueError, match="max_block_bytes"):
+        natvi.retain_freed_memory(0)
+    with pytest.raises(ValueError, match="max_block_bytes"):
+        natvi.retain_freed_memory(True)
+    took = natvi.retain_freed_memory()
+    if sys.platform.startswith("linux"):
+        assert took == (platform.libc_ver()[0] == "glibc")
+    else:
+        assert took is False

@@ -22,7 +22,7 @@ import torch
 from linear_operator import to_dense
 from torch import Tensor
 
-from natvi._linalg import cholesky
+from natvi._linalg import batch_shape, cholesky
 
 __all__ = [
     "kernel_matrix",
@@ -172,7 +172,7 @@ def whiten_q(
             return m, S, S.log().sum(-1)
         L_S = cholesky(S, "the variational covariance S")
         return m, S, 2.0 * L_S.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    batch = torch.broadcast_shapes(m.shape[:-1], L_zz.shape[:-2])
+    batch = batch_shape(m.shape[:-1], L_zz.shape[:-2])
     L_zz = L_zz.expand(*batch, *L_zz.shape[-2:])
     m_t = torch.linalg.solve_triangular(L_zz, m.expand(*batch, m.shape[-1]).unsqueeze(-1),
                                         upper=False).squeeze(-1)
@@ -250,7 +250,7 @@ def marginals(
     """
     eye = torch.eye(m_t.shape[-1], dtype=m_t.dtype, device=m_t.device)
     D = torch.diag_embed(S_t - 1.0) if diagonal else S_t - eye
-    batch = torch.broadcast_shapes(L_zz.shape[:-2], K_zx.shape[:-2], m_t.shape[:-1], D.shape[:-2])
+    batch = batch_shape(L_zz.shape[:-2], K_zx.shape[:-2], m_t.shape[:-1], D.shape[:-2])
     M, N = K_zx.shape[-2:]
     mean, var = _Marginals.apply(
         L_zz.expand(*batch, M, M), K_zx.expand(*batch, M, N), m_t.expand(*batch, M),
