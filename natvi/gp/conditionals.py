@@ -100,9 +100,9 @@ def _stationary_matrix(
     Squared distances by the expanded form ``|a|² + |b|² − 2 a·b`` after centring both inputs
     on the mean of ``X2`` (as GPyTorch does, against cancellation far from the origin); when
     ``X1 is X2`` the diagonal distance is exactly 0 (so ``k(x, x) = σ²`` to the last bit, and
-    a Matérn distance there is not ``√rounding``). The RBF exponent ``log σ² − ½ r²`` is formed
-    by the GEMM with ``log σ² − ½|b|²`` as its bias: one GEMM and two passes over the block, in
-    place when nothing needs a gradient. (An outputscale that underflowed to exactly 0 gives
+    a Matérn distance there is not ``√rounding``). The RBF exponent ``log σ² − ½ r²`` is one
+    GEMM of inputs augmented by two columns, so the block costs that GEMM and one ``exp`` pass.
+    (An outputscale that underflowed to exactly 0 gives
     ``k = 0``, as it should, but a NaN gradient for it; ``softplus`` underflows below −745.)
     """
     same = X1 is X2
@@ -112,26 +112,27 @@ def _stationary_matrix(
     batch, n1, n2 = A.shape[:-2], A.shape[-2], B.shape[-2]
     grad = A.requires_grad or B.requires_grad or (scale is not None and scale.requires_grad)
     half_a = 0.5 * A.square().sum(-1, keepdim=True)  # [*b, N1, 1]
-    b = B.square().sum(-1).unsqueeze(-2)  # [*b, 1, N2]
-    A3, Bt3 = A.reshape(-1, n1, A.shape[-1]), B.reshape(-1, n2, B.shape[-1]).mT
+    half_b = 0.5 * B.square().sum(-1, keepdim=True)  # [*b, N2, 1]
     on_diag = torch.eye(n1, dtype=torch.bool, device=A.device) if same else None
     if nu is None:
         if scale is None:
             log_s = torch.zeros(*batch, 1, 1, dtype=A.dtype, device=A.device)
         else:
             log_s = scale.log()[..., None, None].expand(*batch, 1, 1)
-        bias = (log_s - 0.5 * b).reshape(-1, 1, n2)
-        e = torch.baddbmm(bias, A3, Bt3).reshape(*batch, n1, n2)  # log σ² − ½|b|² + a·b
-        # (no clamp at log σ²: rounding can leave e above it by ~ε·|a|², a relative ~1e-16 in k)
+        # one GEMM of the augmented inputs [a, −½|a|², 1] · [b, 1, log σ² − ½|b|²] gives the
+        # exponent a·b − ½|a|² − ½|b|² + log σ² directly (no bias copy, no pass to subtract)
+        one_a = torch.ones_like(half_a)
+        e = torch.cat([A, -half_a, one_a], -1) @ torch.cat(
+            [B, torch.ones_like(half_b), log_s.expand(*batch, n2, 1) - half_b], -1).mT
         s2 = log_s.exp() if scale is None else scale[..., None, None].expand(*batch, 1, 1)
-        if grad:  # (out of place: e is a view of the GEMM's output, and in-place ops on views
-            # under autograd replay as as_strided scatters in the backward pass)
-            k = (e - half_a).exp()
-            return torch.where(on_diag, s2, k) if same else k
-        k = e.sub_(half_a).exp_()
+        k = e.exp_()  # (in place also under autograd: e is the product's own output)
         if same:
+            if grad:
+                return torch.where(on_diag, s2, k)
             k.diagonal(dim1=-2, dim2=-1).copy_(s2.squeeze(-1).expand(*batch, n1))
         return k
+    b = half_b.mT * 2.0  # [*b, 1, N2]
+    A3, Bt3 = A.reshape(-1, n1, A.shape[-1]), B.reshape(-1, n2, B.shape[-1]).mT
     d2 = torch.baddbmm(b.reshape(-1, 1, n2), A3, Bt3, alpha=-2.0).reshape(*batch, n1, n2)
     r = (d2 + 2.0 * half_a).clamp_min(1e-30).sqrt()
     if same:
@@ -204,11 +205,17 @@ class _Marginals(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, L: Tensor, K: Tensor, m: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx, L: Tensor, K: Tensor, m: Tensor, D: Tensor, overwrite: bool = False
+                ) -> tuple[Tensor, Tensor]:
         # The solve returns A in column-major layout, so Aᵀ [*b, N, M] is contiguous; every
         # [N, M] product and elementwise pass below works on Aᵀ so that no operand is strided
         # against another (a mixed-layout ``A * (D A)`` costs ~10x a contiguous one).
-        A_t = torch.linalg.solve_triangular(L, K, upper=False).mT
+        if overwrite and not ctx.needs_input_grad[1] and K.mT.is_contiguous():
+            # K is the caller's to lose and no graph holds it: solve in its memory (LAPACK's
+            # solve overwrites its right-hand side; otherwise K is first copied)
+            A_t = torch.linalg.solve_triangular(L, K, upper=False, out=K).mT
+        else:
+            A_t = torch.linalg.solve_triangular(L, K, upper=False).mT
         B_t = A_t @ D  # (D A)ᵀ, D symmetric
         ctx.save_for_backward(L, A_t, m, D)
         return (A_t @ m.unsqueeze(-1)).squeeze(-1), B_t.mul_(A_t).sum(-1)
@@ -216,7 +223,7 @@ class _Marginals(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_mean: Tensor, g_var: Tensor) -> tuple[Tensor, ...]:
         L, A_t, m, D = ctx.saved_tensors
-        need_L, need_K, need_m, need_D = ctx.needs_input_grad
+        need_L, need_K, need_m, need_D = ctx.needs_input_grad[:4]
         AG_t = A_t * g_var.unsqueeze(-1)  # (A G)ᵀ
         m_bar = (g_mean.unsqueeze(-2) @ A_t).squeeze(-2) if need_L or need_m else None
         D_bar = A_t.mT @ AG_t if need_L or need_D else None
@@ -230,11 +237,12 @@ class _Marginals(torch.autograd.Function):
         if need_L:
             inner = m.unsqueeze(-1) * m_bar.unsqueeze(-2) + 2.0 * D @ D_bar
             L_bar = -torch.linalg.solve_triangular(L.mT, inner, upper=True).tril()
-        return L_bar, K_bar, m_bar, D_bar
+        return L_bar, K_bar, m_bar, D_bar, None
 
 
 def marginals(
-    L_zz: Tensor, K_zx: Tensor, kxx: Tensor, m_t: Tensor, S_t: Tensor, diagonal: bool
+    L_zz: Tensor, K_zx: Tensor, kxx: Tensor, m_t: Tensor, S_t: Tensor, diagonal: bool,
+    overwrite_K: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """q(f) marginals at N points (prior mean excluded): ``(mean [*b, N], var [*b, N])``.
 
@@ -247,6 +255,9 @@ def marginals(
         K_zx: ``[*b, M, N]``.
         kxx: prior variances ``[*b, N]``.
         m_t, S_t: whitened q, ``[*b, M]`` and ``[*b, M, M]`` (``[*b, M]`` when ``diagonal``).
+        overwrite_K: the caller does not read ``K_zx`` again: when no gradient flows to it,
+            ``A`` is solved in its memory (no copy of the ``[M, N]`` block; ``K_zx`` then
+            holds ``A``).
     """
     eye = torch.eye(m_t.shape[-1], dtype=m_t.dtype, device=m_t.device)
     D = torch.diag_embed(S_t - 1.0) if diagonal else S_t - eye
@@ -254,7 +265,7 @@ def marginals(
     M, N = K_zx.shape[-2:]
     mean, var = _Marginals.apply(
         L_zz.expand(*batch, M, M), K_zx.expand(*batch, M, N), m_t.expand(*batch, M),
-        D.expand(*batch, M, M),
+        D.expand(*batch, M, M), overwrite_K and K_zx.shape[:-2] == batch,
     )
     return mean, kxx + var
 

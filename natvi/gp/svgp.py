@@ -103,7 +103,8 @@ class SVGP(VariationalGP):
     def _conditional(self, X: Tensor, L_zz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m_t, S_t, logdet, diag = self._whitened_q(L_zz)
         K_zx = kernel_matrix(self.kernel, X, self.inducing_points).mT  # column-major: no copy in the solve
-        mean, var = marginals(L_zz, K_zx, kernel_diag(self.kernel, X), m_t, S_t, diag)
+        mean, var = marginals(L_zz, K_zx, kernel_diag(self.kernel, X), m_t, S_t, diag,
+                              overwrite_K=True)
         return mean + self._prior_mean(X), var, whitened_kl(m_t, S_t, logdet, diag)
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -224,3 +224,35 @@ def test_marginals_reverse_mode_with_fixed_kernel_blocks_gives_the_same_q_gradie
 
     for a, b in zip(q_grads(False), q_grads(True)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_marginals_solved_in_the_kernel_blocks_memory_equal_the_copying_solve():
+    """``overwrite_K``: the same marginals and q gradients, K then holds A; a K that needs a
+    gradient is left alone."""
+    from natvi.gp.conditionals import marginals
+
+    g = torch.Generator().manual_seed(2)
+    M, N = 5, 11
+    B = torch.randn(M, M, generator=g, dtype=DT)
+    L = torch.linalg.cholesky(B @ B.mT + M * torch.eye(M, dtype=DT))
+    K = torch.randn(N, M, generator=g, dtype=DT).mT  # column-major, as SVGP hands it over
+    kxx = torch.rand(N, generator=g, dtype=DT) + 2.0
+    C = torch.randn(M, M, generator=g, dtype=DT)
+    S = C @ C.mT / M + 0.5 * torch.eye(M, dtype=DT)
+    m = torch.randn(M, generator=g, dtype=DT)
+    out = []
+    for overwrite in (False, True):
+        Kc = K.mT.clone().mT
+        m_, S_ = m.clone().requires_grad_(), S.clone().requires_grad_()
+        mean, var = marginals(L, Kc, kxx, m_, S_, False, overwrite_K=overwrite)
+        grads = torch.autograd.grad((mean.sin() + var.square()).sum(), (m_, S_))
+        out.append((mean.detach(), var.detach(), *grads))
+        if overwrite:
+            torch.testing.assert_close(Kc, torch.linalg.solve_triangular(L, K, upper=False))
+        else:
+            assert torch.equal(Kc, K)
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
+    Kg = K.mT.clone().mT.requires_grad_()
+    marginals(L, Kg, kxx, m, S, False, overwrite_K=True)
+    assert torch.equal(Kg.detach(), K)
