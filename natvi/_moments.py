@@ -88,6 +88,16 @@ class _NaturalMoments(torch.autograd.Function):
     then needs no second natural→mean map of the same θ.
     """
 
+    @classmethod
+    def apply(cls, theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # torch's Function.apply binds the arguments with inspect.signature at every call when
+        # setup_context is defined (~40 µs); that binding only matters for keyword or default
+        # arguments, which forward has none of. Under functorch transforms torch's own apply.
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(theta1, theta2)
+        args = torch._functorch.utils.unwrap_dead_wrappers((theta1, theta2))
+        return super(torch.autograd.Function, cls).apply(*args)
+
     @staticmethod
     def forward(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         L_P, S = _precision_factor(precision(theta2))
