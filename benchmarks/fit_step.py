@@ -65,8 +65,9 @@ def main(argv: list[str]) -> int:
         retained = natvi.retain_freed_memory()
     torch.manual_seed(args.seed)
     sizes = args.M or ([50] if args.quick else [50, 200, 500])
-    repeats = args.repeats or (2 if args.quick else 5)
-    iterations = 3 if args.quick else 30  # 10 left the ratio ±0.05 from run to run
+    repeats = args.repeats or (2 if args.quick else 9)
+    # (10 iterations and 5 repeats left the ratio ±0.07 from run to run on a 2-core VM)
+    iterations = 3 if args.quick else 40
     out = _common.out_dir(args, NAME)
 
     rows = []
@@ -76,12 +77,17 @@ def main(argv: list[str]) -> int:
             for method in ("natgrad", "adam"):
                 times[method].append(_per_iteration(method, M, iterations, args.seed))
         nat, adam = _common.median(times["natgrad"]), _common.median(times["adam"])
+        paired = sorted(a / b for a, b in zip(times["natgrad"], times["adam"]))
         rows.append({
             "M": M,
             "N": 4000,
             "natgrad_ms": 1e3 * nat,
             "adam_ms": 1e3 * adam,
             "ratio": nat / adam,
+            # the spread: ratios of the interleaved pairs (one natural run, then one Adam run)
+            "pair_ratio_min": paired[0],
+            "pair_ratio_median": _common.median(paired),
+            "pair_ratio_max": paired[-1],
             "target": TARGET,
             "repeats": repeats,
         })
