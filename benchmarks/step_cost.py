@@ -25,7 +25,9 @@ Bernoulli uses the probit link with 20-point Gauss–Hermite everywhere; softmax
 Carlo draws per point everywhere (natvi: 50 antithetic pairs; GPyTorch:
 ``num_likelihood_samples(100)``; GPflow: ``num_monte_carlo_points = 100``). The torch methods
 are interleaved repeat by repeat in this process (load changes hit them alike); GPflow runs
-right after them in a subprocess. Medians after warm-up; ratios < 1 mean natvi is cheaper.
+right after them in a subprocess, and the pair is repeated (``--rounds``, default 2) so that a
+slow spell of a shared machine falls on both. Medians of the pooled steps after warm-up; ratios
+< 1 mean natvi is cheaper.
 
 Run: ``python -m benchmarks step_cost [--quick] [--gpflow-python PATH | --install-gpflow DIR]``
 (``--M``, ``--likelihood``, ``--whiten``, ``--dtype`` select part of the grid;
@@ -207,7 +209,10 @@ def gpflow_times(python: Path, p: dict, cfg: dict) -> dict:
 
 
 def measure(p: dict, likelihood: str, whiten: bool, dtype_name: str, repeats: int, warmup: int,
-            gpflow_python: Path | None, interop_stock: bool = False) -> dict:
+            gpflow_python: Path | None, interop_stock: bool = False, rounds: int = 1) -> dict:
+    """One row: ``rounds`` times (the torch methods interleaved, ``repeats`` steps each, then
+    GPflow's ``repeats`` in its subprocess), medians over the pooled steps — alternating
+    rounds, so that a slow spell of a shared machine hits the torch methods and GPflow alike."""
     dtype = getattr(torch, dtype_name)
     methods = TORCH_METHODS + (("interop_stock",) if interop_stock else ())
     M, N = p["Z"].shape[0], p["X"].shape[0]
@@ -221,6 +226,8 @@ def measure(p: dict, likelihood: str, whiten: bool, dtype_name: str, repeats: in
         steps["interop_stock"] = gpytorch_step(p, likelihood, whiten, dtype, interop=True,
                                                natvi_strategy=False)
     times: dict[str, list[float]] = {name: [] for name in methods}
+    gpflow: list[float] = []
+    row["gpflow_ms"], row["gpflow_elbo0"] = math.nan, math.nan
     for _ in range(warmup):
         for name in methods:
             if name not in failed:
@@ -228,30 +235,33 @@ def measure(p: dict, likelihood: str, whiten: bool, dtype_name: str, repeats: in
                     steps[name]()
                 except Exception as e:  # noqa: BLE001 - a failing method is a result
                     failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-    for _ in range(repeats):
-        for name in methods:
-            if name in failed:
-                continue
-            t0 = time.perf_counter()
-            try:
-                steps[name]()
-            except Exception as e:  # noqa: BLE001
-                failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-            times[name].append(time.perf_counter() - t0)
+    for _ in range(rounds):
+        for _ in range(repeats):
+            for name in methods:
+                if name in failed:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    steps[name]()
+                except Exception as e:  # noqa: BLE001
+                    failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+                times[name].append(time.perf_counter() - t0)
+        if gpflow_python is not None and "gpflow" not in failed:
+            cfg = {"M": M, "whiten": whiten, "dtype": dtype_name, "likelihood": likelihood,
+                   "classes": p["classes"], "gamma": GAMMA, "repeats": repeats,
+                   "warmup": warmup}
+            res = gpflow_times(gpflow_python, p, cfg)
+            if "error" in res:
+                failed["gpflow"] = res["error"][:100]
+            else:
+                gpflow += res["times"]
+                row["gpflow_elbo0"] = res["elbo0"]
+                if not res["finite"]:
+                    failed["gpflow"] = "non-finite q after the steps"
     for name in methods:
         row[f"{name}_ms"] = math.nan if name in failed else 1e3 * _common.median(times[name])
-    row["gpflow_ms"], row["gpflow_elbo0"] = math.nan, math.nan
-    if gpflow_python is not None:
-        cfg = {"M": M, "whiten": whiten, "dtype": dtype_name, "likelihood": likelihood,
-               "classes": p["classes"], "gamma": GAMMA, "repeats": repeats, "warmup": warmup}
-        res = gpflow_times(gpflow_python, p, cfg)
-        if "error" in res:
-            failed["gpflow"] = res["error"][:100]
-        else:
-            row["gpflow_ms"] = 1e3 * _common.median(res["times"])
-            row["gpflow_elbo0"] = res["elbo0"]
-            if not res["finite"]:
-                failed["gpflow"] = "non-finite q after the steps"
+    if gpflow and "gpflow" not in failed:
+        row["gpflow_ms"] = 1e3 * _common.median(gpflow)
     peers = [row[k] for k in ("gpytorch_ms", "gpflow_ms") if not math.isnan(row[k])]
     row["natvi / fastest peer"] = row["natvi_ms"] / min(peers) if peers else math.nan
     row["natvi / gpytorch"] = row["natvi_ms"] / row["gpytorch_ms"]
@@ -299,6 +309,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dtype", nargs="+", choices=("float64", "float32"), default=None)
     parser.add_argument("--N", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="alternating rounds of (torch methods, GPflow) per row "
+                             "(default 2; 1 with --quick)")
     parser.add_argument("--interop-stock", action="store_true",
                         help="also time the interop q under GPyTorch's own VariationalStrategy")
     parser.add_argument("--retain-memory", action="store_true",
@@ -327,13 +340,15 @@ def main(argv: list[str]) -> int:
                 for M in grid["M"]:
                     p = problem(grid["N"], M, likelihood, args.seed)
                     rows.append(measure(p, likelihood, whiten, dtype, grid["repeats"],
-                                        grid["warmup"], python, args.interop_stock))
+                                        grid["warmup"], python, args.interop_stock,
+                                        rounds=args.rounds or (1 if args.quick else 2)))
                     print(_common.markdown_table(rows[-1:]), flush=True)
     d = _common.out_dir(args, NAME)
     _common.write_csv(d / "step_cost.csv", rows)
     plot(rows, d / "step_cost.png")
     settings = {
         "quick": args.quick, "grid": grid, "gamma": GAMMA,
+        "rounds (torch, then GPflow; pooled)": args.rounds or (1 if args.quick else 2),
         "data": f"make_classification N={grid['N']}, D=6, standardised; Z = first M points",
         "step": "zero_grad + total ELBO on all N + backward + natural step on q; "
                 "hyperparameters and Z fixed",
