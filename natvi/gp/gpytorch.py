@@ -55,8 +55,11 @@ whitened ``v``; with ``UnwhitenedVariationalStrategy`` (and
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from gpytorch.distributions import MultivariateNormal
+from gpytorch.distributions.multivariate_normal import kl_mvn_mvn
 from gpytorch.settings import _linalg_dtype_cholesky
 from gpytorch.utils.errors import CachingError
 from gpytorch.utils.memoize import add_to_cache, cached, get_from_cache
@@ -75,6 +78,7 @@ from linear_operator.operators import (
 )
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
+from torch.distributions import register_kl
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from natvi.gp.conditionals import marginals, whiten_q
@@ -230,6 +234,33 @@ def _full_output(mu_x: Tensor, L_zz: Tensor, K_zx: Tensor, data_data, m_t: Tenso
     return MultivariateNormal(mu_x + mean, SumLinearOperator(data_data, update))
 
 
+class _StrategyMVN(MultivariateNormal):
+    """q(u) as natvi's strategies hand it to GPyTorch: a ``MultivariateNormal`` that knows its
+    strategy, so that its KL to that strategy's own prior — what GPyTorch's multi-output
+    wrappers compute with ``torch.distributions.kl_divergence`` — is the strategy's closed form
+    from q's moments (no Cholesky of S and its backward); any other KL is GPyTorch's."""
+
+    def __init__(self, mean: Tensor, covariance_matrix, strategy=None, **kwargs) -> None:
+        # (GPyTorch rebuilds distributions as self.__class__(mean=..., covariance_matrix=...):
+        # such a derived one knows no strategy and takes GPyTorch's KL)
+        super().__init__(mean, covariance_matrix, **kwargs)
+        self._natvi_strategy = _no_strategy if strategy is None else weakref.ref(strategy)
+
+
+def _no_strategy() -> None:
+    return None
+
+
+@register_kl(_StrategyMVN, MultivariateNormal)
+def _kl_strategy_mvn(q: _StrategyMVN, p: MultivariateNormal) -> Tensor:
+    strategy = q._natvi_strategy()
+    if strategy is not None and strategy.variational_distribution is q:
+        kl = strategy._own_prior_kl(p)
+        if kl is not None:
+            return kl
+    return kl_mvn_mvn(q, p)
+
+
 class _FromMoments:
     """What natvi's strategies share: the distribution check, and q's moments ``(m, S, log det
     S)`` from one ``q.moments()`` call per forward pass (GPyTorch's cache rules: cleared at
@@ -266,8 +297,18 @@ class _FromMoments:
     @cached(name="variational_distribution_memo")
     def variational_distribution(self) -> MultivariateNormal:
         m, S, _ = self.moments()
-        return MultivariateNormal(m, DiagLinearOperator(S) if self._diagonal_q
-                                  else DenseLinearOperator(S))
+        return _StrategyMVN(m, DiagLinearOperator(S) if self._diagonal_q
+                            else DenseLinearOperator(S), self)
+
+    def _own_prior_kl(self, prior) -> Tensor | None:
+        """``self.kl_divergence()`` when ``prior`` is this strategy's own cached p(u) (a
+        multi-output wrapper asks GPyTorch's generic KL of the two distributions), else
+        ``None``."""
+        try:
+            own = get_from_cache(self, "prior_distribution_memo")
+        except CachingError:
+            return None
+        return self.kl_divergence() if prior is own else None
 
     def _prior_blocks(self, x: Tensor, inducing_points: Tensor, **kwargs):
         """``(μ_z, μ_x, K_zz, K_zx, k_xx, the lazy K_xx)`` from one evaluation of the model's

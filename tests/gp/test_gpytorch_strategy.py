@@ -336,3 +336,32 @@ def test_unwhitened_full_training_covariance_is_the_exact_one_with_gpytorchs_var
     torch.testing.assert_close(f.variance, v_ref, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(f.lazy_covariance_matrix.to_dense().detach(), c_exact,
                                rtol=1e-10, atol=1e-12)
+
+
+@pairs
+def test_a_multi_output_wrappers_kl_is_the_strategys_closed_form(pair, monkeypatch):
+    """``IndependentMultitaskVariationalStrategy.kl_divergence`` asks torch for
+    ``KL(variational_distribution ‖ prior_distribution)``: natvi's q answers it with its
+    strategy's closed form (GPyTorch's generic KL, which factors S, is not called) and gives
+    GPyTorch's value; a KL to any other distribution is still GPyTorch's."""
+    import natvi.gp.gpytorch as interop
+
+    X, _ = _data(classes=CLASSES)
+    theirs, ours = _pair(Natural(), num_latent=CLASSES, pair=pair)
+    for m in (theirs, ours):
+        m.train()
+        m(X)
+    want = theirs.variational_strategy.kl_divergence()
+
+    def refuse(q, p):
+        raise AssertionError("GPyTorch's generic KL was called")
+
+    monkeypatch.setattr(interop, "kl_mvn_mvn", refuse)
+    got = ours.variational_strategy.kl_divergence()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    monkeypatch.undo()
+    q = _base(ours).variational_distribution
+    other = gpytorch.distributions.MultivariateNormal(torch.zeros_like(q.mean),
+                                                      2.0 * torch.eye(8, dtype=DT))
+    torch.testing.assert_close(torch.distributions.kl_divergence(q, other),
+                               gpytorch.distributions.multivariate_normal.kl_mvn_mvn(q, other))
