@@ -70,9 +70,10 @@ def retain_freed_memory(max_block_bytes: int = 256 << 20) -> bool:
     iteration are page-faulted and zeroed again at the next one. TensorFlow (GPflow) keeps its
     own pool; torch on CPU does not. This sets glibc's ``M_MMAP_THRESHOLD`` to
     ``max_block_bytes`` and ``M_TRIM_THRESHOLD`` to four times that, for the whole process and
-    for good: the process then keeps up to its peak heap. Measured (issue 15, 2-core x86_64,
-    one thread): one natural step at N = 3200 −9 % (M = 50) and −14 % (M = 200), GPyTorch's
-    NGD step −16 % / −20 %; a ``natvi.fit`` iteration at N = 4000, M = 200 −25 %.
+    for good: the process then keeps up to its peak heap. Measured (issue 15, 2-core x86_64
+    VM, one thread, processes with and without it alternating): one natural step at N = 3200
+    −13 to −21 % (M = 50) and −9 to −14 % (M = 200), GPyTorch's NGD step −18 to −26 %; a
+    ``natvi.fit`` iteration at N = 4000, M = 200 −25 % (41 → 31 ms).
 
     Returns whether the setting took effect (``False`` off glibc, e.g. macOS, Windows, musl).
     The ``natvi`` command calls it for its own process; in a script or notebook it is the
