@@ -180,3 +180,53 @@ def test_fused_probit_in_float32_follows_the_float64_reference():
     torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-4, atol=1e-4)
     for a, b in zip(g_got, g_ref):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+def _softmax_inputs(N=80, C=3, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    f_mean = 2.0 * torch.randn(N, C, generator=g, dtype=torch.float64)
+    f_var = torch.rand(N, C, generator=g, dtype=torch.float64) * 3.0 + 1e-3
+    y = torch.randint(0, C, (N,), generator=g).to(torch.float64)
+    return f_mean.requires_grad_(), f_var.requires_grad_(), y
+
+
+def test_fused_softmax_monte_carlo_equals_autodiff_of_the_same_draws():
+    from natvi.likelihoods import Softmax
+
+    lik = Softmax(3, num_samples=40)
+    f_mean, f_var, y = _softmax_inputs()
+    g_out = torch.randn(80, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    fused = lik.variational_expectations(f_mean, f_var, y)
+    ref = lik.monte_carlo_expectations(f_mean, f_var, y)
+    torch.testing.assert_close(fused, ref, rtol=1e-13, atol=1e-13)
+    got = torch.autograd.grad(fused, (f_mean, f_var), g_out)
+    want = torch.autograd.grad(ref, (f_mean, f_var), g_out)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_fused_softmax_at_zero_variance_takes_the_limit():
+    from natvi.likelihoods import Softmax
+
+    lik = Softmax(3, num_samples=40)
+    f_mean, f_var, y = _softmax_inputs(N=10)
+    f_var = f_var.detach().clone()
+    f_var[:, 1] = 0.0
+    f_var.requires_grad_()
+    (g_var,) = torch.autograd.grad(lik.variational_expectations(f_mean, f_var, y).sum(), f_var)
+    p = torch.softmax(f_mean.detach(), -1)[:, 1]
+    torch.testing.assert_close(g_var[:, 1], -0.5 * p * (1 - p), rtol=1e-12, atol=1e-14)
+    assert bool(torch.isfinite(g_var).all())
+
+
+def test_seeded_softmax_draws_are_made_once_and_equal_a_fresh_generator():
+    from natvi.likelihoods import Softmax
+
+    lik = Softmax(3, num_samples=7, seed=11)
+    like = torch.zeros((), dtype=torch.float64)
+    a = lik._draws(7, (5, 3), like)
+    assert lik._draws(7, (5, 3), like) is a  # kept
+    eps = torch.randn(7, 5, 3, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    assert torch.equal(a, torch.cat([eps, -eps]))
+    unseeded = Softmax(3, num_samples=7, seed=None)
+    assert not torch.equal(unseeded._draws(7, (5, 3), like), unseeded._draws(7, (5, 3), like))
