@@ -68,6 +68,7 @@ class _MultiClass(Likelihood):
 # Seeded Monte Carlo draws of Softmax, by (seed, pairs, shape, dtype, device); the last few kept.
 _DRAWS: dict[tuple, Tensor] = {}
 _DRAWS_KEPT = 4
+_DRAWS_MAX_NUMEL = 2**25  # 256 MiB in float64 per kept tensor at most
 
 
 class _SoftmaxMC(torch.autograd.Function):
@@ -141,8 +142,9 @@ class Softmax(_MultiClass):
         """``[2 num_samples, *shape]`` antithetic standard-normal draws (seeded by ``seed``).
 
         Seeded draws are the same tensor at every call, so they are made once per (seed, size,
-        dtype, device) and kept (:data:`_DRAWS`, the last few): drawing ``[50, 3200, 3]``
-        normals costs more than the whole rest of a softmax expectation. Do not modify them.
+        dtype, device) and kept (:data:`_DRAWS`: the last four, each up to 2²⁵ numbers):
+        drawing ``[50, 3200, 3]`` normals costs more than the whole rest of a softmax
+        expectation. Do not modify them.
         """
         if self.seed is None:
             eps = torch.randn(num_samples, *shape, dtype=like.dtype, device=like.device)
@@ -154,9 +156,10 @@ class Softmax(_MultiClass):
             eps = torch.randn(num_samples, *shape, generator=g, dtype=like.dtype,
                               device=like.device)
             draws = torch.cat([eps, -eps], dim=0)
-        _DRAWS[key] = draws  # (most recent last)
-        while len(_DRAWS) > _DRAWS_KEPT:
-            del _DRAWS[next(iter(_DRAWS))]
+        if draws.numel() <= _DRAWS_MAX_NUMEL:  # (a huge one is drawn again each call instead)
+            _DRAWS[key] = draws  # (most recent last)
+            while len(_DRAWS) > _DRAWS_KEPT:
+                del _DRAWS[next(iter(_DRAWS))]
         return draws
 
     def _samples(self, f_mean: Tensor, f_var: Tensor) -> Tensor:
