@@ -26,6 +26,7 @@ from natvi._linalg import batch_shape, cholesky
 
 __all__ = [
     "kernel_matrix",
+    "cross_kernel_block",
     "kernel_diag",
     "default_jitter",
     "chol_with_jitter",
@@ -48,6 +49,19 @@ def kernel_matrix(kernel: gpytorch.kernels.Kernel, X1: Tensor, X2: Tensor) -> Te
         return _stationary_matrix(*form, X1, X2)
     with gpytorch.settings.lazily_evaluate_kernels(False):
         return to_dense(kernel(X1, X2))
+
+
+def cross_kernel_block(kernel: gpytorch.kernels.Kernel, Z: Tensor, X: Tensor
+                       ) -> tuple[Tensor, bool]:
+    """``(K_zx [*b, M, N], owned)``: ``K_zx`` as the transpose of ``k(X, Z)``, so column-major
+    (a triangular solve with it copies nothing), and whether it is a fresh tensor of natvi's own
+    (the closed form of :func:`kernel_matrix`), which :func:`marginals` may then overwrite
+    (``overwrite_K``). A block from GPyTorch may be a kernel's stored tensor: never owned."""
+    form = _stationary_form(kernel, X)
+    if form is not None:
+        return _stationary_matrix(*form, X, Z).mT, True
+    with gpytorch.settings.lazily_evaluate_kernels(False):
+        return to_dense(kernel(X, Z)).mT, False
 
 
 def kernel_diag(kernel: gpytorch.kernels.Kernel, X: Tensor) -> Tensor:

@@ -8,8 +8,8 @@ from torch import Tensor, nn
 from natvi._validation import check_finite
 from natvi.gp.base import VariationalGP, resolve_parameterization
 from natvi.gp.conditionals import (
+    cross_kernel_block,
     kernel_diag,
-    kernel_matrix,
     marginals,
     whitened_kl,
 )
@@ -102,9 +102,9 @@ class SVGP(VariationalGP):
 
     def _conditional(self, X: Tensor, L_zz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m_t, S_t, logdet, diag = self._whitened_q(L_zz)
-        K_zx = kernel_matrix(self.kernel, X, self.inducing_points).mT  # column-major: no copy in the solve
+        K_zx, owned = cross_kernel_block(self.kernel, self.inducing_points, X)
         mean, var = marginals(L_zz, K_zx, kernel_diag(self.kernel, X), m_t, S_t, diag,
-                              overwrite_K=True)
+                              overwrite_K=owned)
         return mean + self._prior_mean(X), var, whitened_kl(m_t, S_t, logdet, diag)
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:

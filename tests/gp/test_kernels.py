@@ -101,3 +101,36 @@ def test_other_kernels_and_active_dims_go_through_gpytorch():
         assert _stationary_form(k, X) is None
         with torch.no_grad():
             torch.testing.assert_close(kernel_matrix(k, X, X[:4]), _gpytorch(k, X, X[:4]))
+
+
+def test_a_kernel_that_returns_its_stored_tensors_keeps_them_intact():
+    """SVGP solves in the cross-covariance block's memory only when the block is natvi's own
+    (the closed form); a GPyTorch kernel may hand back a tensor it keeps (here: precomputed)."""
+    from natvi.gp import SVGP
+    from natvi.likelihoods import Bernoulli
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(40, 2, generator=g, dtype=F64)
+    Z = X[:6].clone()
+    y = (X[:, 0] > 0).to(F64)
+    rbf = gpytorch.kernels.RBFKernel().to(F64)
+    with torch.no_grad():
+        blocks = {(40, 6): _gpytorch(rbf, X, Z), (6, 6): _gpytorch(rbf, Z, Z)}
+        diag = _gpytorch(rbf, X, X, diag=True)
+
+    class Precomputed(gpytorch.kernels.Kernel):
+        def forward(self, x1, x2, diag_=False, **params):
+            if params.get("diag", diag_):
+                return diag
+            return blocks[(x1.shape[-2], x2.shape[-2])]
+
+    kept = {k: v.clone() for k, v in blocks.items()}
+    losses = []
+    for kernel in (Precomputed(), rbf):
+        model = SVGP(kernel, Bernoulli(), Z, learn_inducing=False)
+        for p in kernel.parameters():
+            p.requires_grad_(False)
+        losses.append(model.elbo(X, y))
+    for k in blocks:
+        assert torch.equal(blocks[k], kept[k])
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=0)
