@@ -23,12 +23,7 @@ import torch
 from torch import Tensor
 
 from natvi._validation import check_finite
-from natvi.parameterizations import (
-    DiagNatural,
-    Natural,
-    Parameterization,
-    recorded_expectation_gradient,
-)
+from natvi.parameterizations import Natural, Parameterization, recorded_expectation_gradient
 
 __all__ = ["natural_gradient", "expectation_gradient"]
 
@@ -103,9 +98,7 @@ def natural_gradient(
         >>> nat_m, nat_L = natural_gradient(p, (m, L), (torch.ones(3), torch.zeros(3, 3)))
     """
     grad_eta = expectation_gradient(parameterization, xi, grad_xi)
-    if parameterization.natural_coordinates and type(parameterization).push_forward in (
-        Natural.push_forward, DiagNatural.push_forward
-    ):  # ξ is θ: the tangent needs no map (and θ no evaluation)
-        return tuple(grad_eta)
-    theta = parameterization.to_natural(*(x.detach() for x in xi))
+    xi = tuple(x.detach() for x in xi)
+    # (in natural coordinates ξ is θ up to θ2's symmetric part: no map to evaluate)
+    theta = xi if parameterization.natural_coordinates else parameterization.to_natural(*xi)
     return tuple(parameterization.push_forward(theta, grad_eta))
