@@ -41,14 +41,10 @@ def kernel_matrix(kernel: gpytorch.kernels.Kernel, X1: Tensor, X2: Tensor) -> Te
 
     ``ScaleKernel`` over ``RBFKernel`` or ``MaternKernel`` (ν ∈ {½, 3⁄2, 5⁄2}), or either alone,
     without ``active_dims``, are evaluated in closed form (:func:`_stationary_matrix`: one GEMM
-    and two to six passes over the ``[N1, N2]`` block, where GPyTorch's lazy kernel stack
+    and one to six passes over the ``[N1, N2]`` block, where GPyTorch's lazy kernel stack
     dispatches ~50 operations); every other kernel goes through GPyTorch. Both agree to rounding.
     """
-    form = _stationary_form(kernel, X1)
-    if form is not None:
-        return _stationary_matrix(*form, X1, X2)
-    with gpytorch.settings.lazily_evaluate_kernels(False):
-        return to_dense(kernel(X1, X2))
+    return _kernel_block(kernel, X1, X2)[0]
 
 
 def cross_kernel_block(kernel: gpytorch.kernels.Kernel, Z: Tensor, X: Tensor
@@ -57,11 +53,8 @@ def cross_kernel_block(kernel: gpytorch.kernels.Kernel, Z: Tensor, X: Tensor
     (a triangular solve with it copies nothing), and whether it is a fresh tensor of natvi's own
     (the closed form of :func:`kernel_matrix`), which :func:`marginals` may then overwrite
     (``overwrite_K``). A block from GPyTorch may be a kernel's stored tensor: never owned."""
-    form = _stationary_form(kernel, X)
-    if form is not None:
-        return _stationary_matrix(*form, X, Z).mT, True
-    with gpytorch.settings.lazily_evaluate_kernels(False):
-        return to_dense(kernel(X, Z)).mT, False
+    K_xz, owned = _kernel_block(kernel, X, Z)
+    return K_xz.mT, owned
 
 
 def kernel_diag(kernel: gpytorch.kernels.Kernel, X: Tensor) -> Tensor:
@@ -69,13 +62,24 @@ def kernel_diag(kernel: gpytorch.kernels.Kernel, X: Tensor) -> Tensor:
     of :func:`kernel_matrix`)."""
     form = _stationary_form(kernel, X)
     if form is not None:
-        _, scale, _ = form
         shape = (*kernel.batch_shape, X.shape[-2])
-        if scale is None:
+        if form[1] is None:
             return torch.ones(shape, dtype=X.dtype, device=X.device)
-        return scale.unsqueeze(-1).expand(shape)
+        return form[1].outputscale.unsqueeze(-1).expand(shape)
     with gpytorch.settings.lazily_evaluate_kernels(False):
         return to_dense(kernel(X, X, diag=True))
+
+
+def _kernel_block(kernel: gpytorch.kernels.Kernel, X1: Tensor, X2: Tensor) -> tuple[Tensor, bool]:
+    """``(k(X1, X2), owned)``: the closed form when :func:`_stationary_form` allows it (a fresh
+    tensor of natvi's own), else GPyTorch's dense block (``owned`` False)."""
+    form = _stationary_form(kernel, X1)
+    if form is not None:
+        base, scaled, nu = form
+        scale = None if scaled is None else scaled.outputscale
+        return _stationary_matrix(base.lengthscale, scale, nu, X1, X2), True
+    with gpytorch.settings.lazily_evaluate_kernels(False):
+        return to_dense(kernel(X1, X2)), False
 
 
 _MATERN_NU = (0.5, 1.5, 2.5)
@@ -83,15 +87,15 @@ _MATERN_NU = (0.5, 1.5, 2.5)
 
 def _stationary_form(
     kernel: gpytorch.kernels.Kernel, X: Tensor
-) -> tuple[Tensor, Tensor | None, float | None] | None:
-    """``(lengthscale [*b, 1, D or 1], outputscale [*b] or None, ν or None for RBF)`` for the
-    kernels :func:`kernel_matrix` evaluates in closed form, else ``None``."""
-    scale = None
-    base = kernel
+) -> tuple[gpytorch.kernels.Kernel, gpytorch.kernels.ScaleKernel | None, float | None] | None:
+    """``(base kernel, the ScaleKernel around it or None, ν or None for RBF)`` for the kernels
+    :func:`kernel_matrix` evaluates in closed form, else ``None``. Type checks only: the
+    constrained parameters are read where they are used."""
+    scaled, base = None, kernel
     if type(kernel) is gpytorch.kernels.ScaleKernel:
         if kernel.active_dims is not None:
             return None
-        scale, base = kernel.outputscale, kernel.base_kernel
+        scaled, base = kernel, kernel.base_kernel
     if base.active_dims is not None:
         return None
     if type(base) is gpytorch.kernels.RBFKernel:
@@ -100,10 +104,10 @@ def _stationary_form(
         nu = float(base.nu)
     else:
         return None
-    ls = base.lengthscale
-    if ls.shape[-1] not in (1, X.shape[-1]) or ls.dtype != X.dtype:
+    raw = base.raw_lengthscale
+    if raw.shape[-1] not in (1, X.shape[-1]) or raw.dtype != X.dtype:
         return None  # GPyTorch's own path raises its error
-    return ls, scale, nu
+    return base, scaled, nu
 
 
 def _stationary_matrix(
@@ -116,39 +120,34 @@ def _stationary_matrix(
     ``X1 is X2`` the diagonal distance is exactly 0 (so ``k(x, x) = σ²`` to the last bit, and
     a Matérn distance there is not ``√rounding``). The RBF exponent ``log σ² − ½ r²`` is one
     GEMM of inputs augmented by two columns, so the block costs that GEMM and one ``exp`` pass.
-    (An outputscale that underflowed to exactly 0 gives
-    ``k = 0``, as it should, but a NaN gradient for it; ``softplus`` underflows below −745.)
+    (An outputscale that underflowed to exactly 0 gives ``k = 0``, as it should, but a NaN
+    gradient for it; ``softplus`` underflows below −745.)
     """
     same = X1 is X2
     centre = X2.mean(-2, keepdim=True)
     B = (X2 - centre) / ls  # [*b, N2, D]
     A = B if same else (X1 - centre) / ls  # [*b, N1, D]
     batch, n1, n2 = A.shape[:-2], A.shape[-2], B.shape[-2]
-    grad = A.requires_grad or B.requires_grad or (scale is not None and scale.requires_grad)
-    half_a = 0.5 * A.square().sum(-1, keepdim=True)  # [*b, N1, 1]
-    half_b = 0.5 * B.square().sum(-1, keepdim=True)  # [*b, N2, 1]
+    sq_a = A.square().sum(-1, keepdim=True)  # [*b, N1, 1]
+    sq_b = B.square().sum(-1, keepdim=True)  # [*b, N2, 1]
     on_diag = torch.eye(n1, dtype=torch.bool, device=A.device) if same else None
     if nu is None:
-        if scale is None:
-            log_s = torch.zeros(*batch, 1, 1, dtype=A.dtype, device=A.device)
-        else:
-            log_s = scale.log()[..., None, None].expand(*batch, 1, 1)
+        ones = torch.ones(*batch, 1, 1, dtype=A.dtype, device=A.device)
+        s2 = ones if scale is None else scale[..., None, None].expand(*batch, 1, 1)
         # one GEMM of the augmented inputs [a, −½|a|², 1] · [b, 1, log σ² − ½|b|²] gives the
         # exponent a·b − ½|a|² − ½|b|² + log σ² directly (no bias copy, no pass to subtract)
-        one_a = torch.ones_like(half_a)
-        e = torch.cat([A, -half_a, one_a], -1) @ torch.cat(
-            [B, torch.ones_like(half_b), log_s.expand(*batch, n2, 1) - half_b], -1).mT
-        s2 = log_s.exp() if scale is None else scale[..., None, None].expand(*batch, 1, 1)
+        e = torch.cat([A, -0.5 * sq_a, ones.expand(*batch, n1, 1)], -1) @ torch.cat(
+            [B, ones.expand(*batch, n2, 1), s2.log() - 0.5 * sq_b], -1).mT
         k = e.exp_()  # (in place also under autograd: e is the product's own output)
-        if same:
-            if grad:
-                return torch.where(on_diag, s2, k)
-            k.diagonal(dim1=-2, dim2=-1).copy_(s2.squeeze(-1).expand(*batch, n1))
+        if not same:
+            return k
+        if A.requires_grad or (scale is not None and scale.requires_grad):
+            return torch.where(on_diag, s2, k)
+        k.diagonal(dim1=-2, dim2=-1).copy_(s2.squeeze(-1).expand(*batch, n1))
         return k
-    b = half_b.mT * 2.0  # [*b, 1, N2]
     A3, Bt3 = A.reshape(-1, n1, A.shape[-1]), B.reshape(-1, n2, B.shape[-1]).mT
-    d2 = torch.baddbmm(b.reshape(-1, 1, n2), A3, Bt3, alpha=-2.0).reshape(*batch, n1, n2)
-    r = (d2 + 2.0 * half_a).clamp_min(1e-30).sqrt()
+    d2 = torch.baddbmm(sq_b.mT.reshape(-1, 1, n2), A3, Bt3, alpha=-2.0).reshape(*batch, n1, n2)
+    r = (d2 + sq_a).clamp_min(1e-30).sqrt()
     if same:
         r = torch.where(on_diag, 0.0, r)
     k = torch.exp(-math.sqrt(2.0 * nu) * r)
