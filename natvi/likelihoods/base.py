@@ -98,6 +98,20 @@ def _gh_1d(
     return z, w, torch.stack([w, w * z])
 
 
+def variance_gradient(
+    g_sd: Tensor, sd: Tensor, f_var: Tensor, at_zero: Callable[[], Tensor]
+) -> Tensor:
+    """``∂/∂v = ∂/∂√v / (2√v)`` for a fused expectation over ``N(μ, v)``, ``sd = √max(v, 0)``:
+    where ``v = 0`` (autodiff would give ``∞ · 0``) the limit ``at_zero()``, i.e.
+    ``½ ∂²_f log p(μ)`` (called only when some ``v ≤ 0``), and 0 where ``v < 0`` (the variance
+    is clamped to 0). Shared by the fused Gauss–Hermite and softmax Monte Carlo expectations."""
+    positive = f_var > 0
+    g_var = g_sd / (2.0 * torch.where(positive, sd, 1.0))
+    if bool(positive.all()):
+        return g_var
+    return torch.where(positive, g_var, torch.where(f_var == 0, at_zero(), 0.0))
+
+
 class _GaussHermite1D(torch.autograd.Function):
     """``(μ [N], v [N]) -> Σ_k w_k log p(y_n | μ_n + √v_n z_k)`` with a closed-form backward.
 
@@ -120,11 +134,9 @@ class _GaussHermite1D(torch.autograd.Function):
         value, g_mean, g_var = likelihood._gauss_hermite_sums(f_mean, sd, y, z, w, wz, grad)
         if not grad:
             return value
-        positive = f_var > 0
-        g_var = g_var / (2.0 * torch.where(positive, sd, 1.0))
-        if not bool(positive.all()):
-            d2 = likelihood.log_prob_derivatives(f_mean, y, second=True)[2]
-            g_var = torch.where(positive, g_var, torch.where(f_var == 0, 0.5 * d2, 0.0))
+        g_var = variance_gradient(
+            g_var, sd, f_var, lambda: 0.5 * likelihood.log_prob_derivatives(
+                f_mean, y, second=True)[2])
         ctx.save_for_backward(g_mean, g_var)
         return value
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from natvi._validation import check_finite
-from natvi.likelihoods.base import Likelihood, gauss_hermite
+from natvi.likelihoods.base import Likelihood, gauss_hermite, variance_gradient
 from natvi.likelihoods.discrete import class_labels
 
 __all__ = ["Softmax", "RobustMax"]
@@ -98,12 +98,12 @@ class _SoftmaxMC(torch.autograd.Function):
         onehot = torch.zeros_like(f_mean).scatter_(-1, y.unsqueeze(-1), 1.0)
         g_mean = onehot - P.mean(0)
         g_sd = onehot * eps.mean(0) - P.mul_(eps).mean(0)
-        positive = f_var > 0
-        g_var = g_sd / (2.0 * torch.where(positive, sd, 1.0))
-        if not bool(positive.all()):
+
+        def at_zero() -> Tensor:  # ½ ∂²_{f_c} log softmax(μ)_y = −½ p_c (1 − p_c)
             p0 = torch.softmax(f_mean, dim=-1)
-            g_var = torch.where(positive, g_var,
-                                torch.where(f_var == 0, -0.5 * p0 * (1.0 - p0), 0.0))
+            return -0.5 * p0 * (1.0 - p0)
+
+        g_var = variance_gradient(g_sd, sd, f_var, at_zero)
         ctx.save_for_backward(g_mean, g_var)
         return value
 
@@ -146,17 +146,15 @@ class Softmax(_MultiClass):
         drawing ``[50, 3200, 3]`` normals costs more than the whole rest of a softmax
         expectation. Do not modify them.
         """
-        if self.seed is None:
-            eps = torch.randn(num_samples, *shape, dtype=like.dtype, device=like.device)
-            return torch.cat([eps, -eps], dim=0)
-        key = (int(self.seed), num_samples, tuple(shape), like.dtype, like.device)
-        draws = _DRAWS.pop(key, None)
+        key = None if self.seed is None else (
+            int(self.seed), num_samples, tuple(shape), like.dtype, like.device)
+        draws = None if key is None else _DRAWS.pop(key, None)
         if draws is None:
-            g = torch.Generator(device=like.device).manual_seed(int(self.seed))
+            g = None if key is None else torch.Generator(device=like.device).manual_seed(key[0])
             eps = torch.randn(num_samples, *shape, generator=g, dtype=like.dtype,
                               device=like.device)
             draws = torch.cat([eps, -eps], dim=0)
-        if draws.numel() <= _DRAWS_MAX_NUMEL:  # (a huge one is drawn again each call instead)
+        if key is not None and draws.numel() <= _DRAWS_MAX_NUMEL:  # (huge: drawn each call)
             _DRAWS[key] = draws  # (most recent last)
             while len(_DRAWS) > _DRAWS_KEPT:
                 del _DRAWS[next(iter(_DRAWS))]
