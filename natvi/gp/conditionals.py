@@ -31,6 +31,7 @@ __all__ = [
     "default_jitter",
     "chol_with_jitter",
     "whiten_q",
+    "minus_identity",
     "marginals",
     "whitened_kl",
 ]
@@ -253,6 +254,14 @@ class _Marginals(torch.autograd.Function):
         return L_bar, K_bar, m_bar, D_bar, None
 
 
+def minus_identity(S_t: Tensor, diagonal: bool) -> Tensor:
+    """``S̃ − I`` ``[*b, M, M]`` for a whitened covariance held full, or as its diagonal
+    ``[*b, M]`` when ``diagonal``."""
+    if diagonal:
+        return torch.diag_embed(S_t - 1.0)
+    return S_t - torch.eye(S_t.shape[-1], dtype=S_t.dtype, device=S_t.device)
+
+
 def marginals(
     L_zz: Tensor, K_zx: Tensor, kxx: Tensor, m_t: Tensor, S_t: Tensor, diagonal: bool,
     overwrite_K: bool = False,
@@ -272,8 +281,7 @@ def marginals(
             ``A`` is solved in its memory (no copy of the ``[M, N]`` block; ``K_zx`` then
             holds ``A``).
     """
-    eye = torch.eye(m_t.shape[-1], dtype=m_t.dtype, device=m_t.device)
-    D = torch.diag_embed(S_t - 1.0) if diagonal else S_t - eye
+    D = minus_identity(S_t, diagonal)
     batch = batch_shape(L_zz.shape[:-2], K_zx.shape[:-2], m_t.shape[:-1], D.shape[:-2])
     M, N = K_zx.shape[-2:]
     mean, var = _Marginals.apply(

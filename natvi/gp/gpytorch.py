@@ -81,7 +81,7 @@ from torch import Tensor
 from torch.distributions import register_kl
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from natvi.gp.conditionals import marginals, whiten_q
+from natvi.gp.conditionals import marginals, minus_identity, whiten_q
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.parameterizations import Natural, Parameterization
 from natvi.variational import GaussianVariational, owner
@@ -226,8 +226,7 @@ def _full_output(mu_x: Tensor, L_zz: Tensor, K_zx: Tensor, data_data, m_t: Tenso
     training GPyTorch's likelihoods read only the variances)."""
     mean, var_update = marginals(L_zz, K_zx, torch.zeros((), dtype=m_t.dtype, device=m_t.device),
                                  m_t, S_t, diagonal)
-    eye = torch.eye(L_zz.shape[-1], dtype=L_zz.dtype, device=L_zz.device)
-    D = (torch.diag_embed(S_t) if diagonal else S_t) - eye
+    D = minus_identity(S_t, diagonal)
     C = torch.linalg.solve_triangular(L_zz.mT, D, upper=True)  # L⁻ᵀ (S̃ − I)
     C = torch.linalg.solve_triangular(L_zz.mT, C.mT, upper=True)  # L⁻ᵀ (S̃ − I) L⁻¹
     update = _KnownDiagonal(K_zx.mT, MatmulLinearOperator(C, K_zx), var_update)
@@ -430,22 +429,13 @@ class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStra
 
     def kl_divergence(self) -> Tensor:
         """``KL(q(u) ‖ N(μ(Z), K_zz + jitter·I)) [*b]`` from the whitened moments of the last
-        training forward pass; after GPyTorch's own forward code (``diag=False``) GPyTorch's KL
-        with the factors that pass made; with neither, whitened here (one kernel evaluation at
-        Z, no Cholesky of S)."""
+        training forward pass (every training pass but ``x = Z`` goes through natvi's own), else
+        whitened here (one kernel evaluation at Z, no Cholesky of S)."""
         try:
             return _standard_kl(*get_from_cache(self, "natvi_whitened_memo"))
         except CachingError:
             pass
         m, S, logdet = self.moments()
-        try:  # GPyTorch's own training forward (diag=False) cached p(u) with K_zz's factor
-            prior = get_from_cache(self, "prior_distribution_memo")
-            if isinstance(prior.lazy_covariance_matrix, CholLinearOperator):
-                # GPyTorch's KL, with S's factor from that same forward pass: exact at every M
-                return torch.distributions.kl_divergence(
-                    MultivariateNormal(m, self._q_factored()), prior)
-        except CachingError:
-            pass
         prior = self.model.forward(self.inducing_points)
         L_zz = self._factor(prior.lazy_covariance_matrix.to_dense())
         return _standard_kl(*whiten_q(m - prior.mean, S, L_zz, self._diagonal_q, logdet))
