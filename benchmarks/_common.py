@@ -20,16 +20,32 @@ import torch
 from natvi._io import atomic_savefig, atomic_write_csv, atomic_write_text
 
 
-def parser(name: str, description: str, threads: bool = False) -> argparse.ArgumentParser:
+def parser(name: str, description: str, threads: bool = False,
+           retain_memory: bool = False) -> argparse.ArgumentParser:
     """The shared options; ``threads=True`` adds ``--threads`` (torch intra-op threads, default 1:
-    on a shared machine, thread contention inflates the many small ``M × M`` operations)."""
+    on a shared machine, thread contention inflates the many small ``M × M`` operations);
+    ``retain_memory=True`` adds ``--retain-memory`` (see :func:`retain_memory`)."""
     p = argparse.ArgumentParser(prog=f"python -m benchmarks {name}", description=description)
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 2 min)")
     p.add_argument("--out", type=results_folder, default=Path("results"), help="results folder")
     p.add_argument("--seed", type=int, default=0)
     if threads:
         p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    if retain_memory:
+        p.add_argument("--retain-memory", action="store_true",
+                       help="natvi.retain_freed_memory() first: glibc keeps freed blocks in this "
+                            "process (every torch method in it alike)")
     return p
+
+
+def retain_memory(args: argparse.Namespace) -> bool:
+    """``natvi.retain_freed_memory()`` if ``--retain-memory`` was given; whether it took effect
+    (for the report's settings)."""
+    if not getattr(args, "retain_memory", False):
+        return False
+    import natvi
+
+    return natvi.retain_freed_memory()
 
 
 def results_folder(value: str) -> Path:

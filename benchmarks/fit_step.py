@@ -51,18 +51,12 @@ def _per_iteration(method: str, M: int, iterations: int, seed: int) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = _common.parser(NAME, __doc__.splitlines()[0], threads=True)
+    parser = _common.parser(NAME, __doc__.splitlines()[0], threads=True, retain_memory=True)
     parser.add_argument("--M", type=int, nargs="+", default=None, help="inducing-point counts")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--retain-memory", action="store_true",
-                        help="natvi.retain_freed_memory() first (both methods alike)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    retained = False
-    if args.retain_memory:
-        import natvi
-
-        retained = natvi.retain_freed_memory()
+    retained = _common.retain_memory(args)
     torch.manual_seed(args.seed)
     sizes = args.M or ([50] if args.quick else [50, 200, 500])
     repeats = args.repeats or (2 if args.quick else 9)

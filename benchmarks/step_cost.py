@@ -228,24 +228,24 @@ def measure(p: dict, likelihood: str, whiten: bool, dtype_name: str, repeats: in
     times: dict[str, list[float]] = {name: [] for name in methods}
     gpflow: list[float] = []
     row["gpflow_ms"], row["gpflow_elbo0"] = math.nan, math.nan
-    for _ in range(warmup):
-        for name in methods:
-            if name not in failed:
-                try:
-                    steps[name]()
-                except Exception as e:  # noqa: BLE001 - a failing method is a result
-                    failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-    for _ in range(rounds):
-        for _ in range(repeats):
+
+    def interleaved(count: int, timed: bool) -> None:
+        """``count`` steps of every torch method that has not failed, one method after another."""
+        for _ in range(count):
             for name in methods:
                 if name in failed:
                     continue
                 t0 = time.perf_counter()
                 try:
                     steps[name]()
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:  # noqa: BLE001 - a failing method is a result
                     failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-                times[name].append(time.perf_counter() - t0)
+                if timed:
+                    times[name].append(time.perf_counter() - t0)
+
+    interleaved(warmup, timed=False)
+    for _ in range(rounds):
+        interleaved(repeats, timed=True)
         if gpflow_python is not None and "gpflow" not in failed:
             cfg = {"M": M, "whiten": whiten, "dtype": dtype_name, "likelihood": likelihood,
                    "classes": p["classes"], "gamma": GAMMA, "repeats": repeats,
@@ -298,7 +298,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = _common.parser(NAME, __doc__.splitlines()[0], threads=True)
+    parser = _common.parser(NAME, __doc__.splitlines()[0], threads=True, retain_memory=True)
     parser.add_argument("--gpflow-python", type=Path, default=None,
                         help="python of a virtual environment with gpflow + tensorflow-cpu")
     parser.add_argument("--install-gpflow", type=Path, default=None, metavar="DIR",
@@ -314,16 +314,9 @@ def main(argv: list[str]) -> int:
                              "(default 2; 1 with --quick)")
     parser.add_argument("--interop-stock", action="store_true",
                         help="also time the interop q under GPyTorch's own VariationalStrategy")
-    parser.add_argument("--retain-memory", action="store_true",
-                        help="natvi.retain_freed_memory() in this process first (natvi and "
-                             "GPyTorch alike; GPflow's TensorFlow keeps its own pool anyway)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    retained = False
-    if args.retain_memory:
-        import natvi
-
-        retained = natvi.retain_freed_memory()
+    retained = _common.retain_memory(args)  # (GPflow's TensorFlow keeps its own pool anyway)
     grid = dict(QUICK if args.quick else FULL)
     for key in ("M", "likelihood", "dtype", "N", "repeats"):
         if getattr(args, key) is not None:
