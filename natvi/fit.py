@@ -357,7 +357,7 @@ def fit(
                     "hyperparameters or the data are to blame; lower hyper_lr, check X and y, "
                     "or fix the diverging hyperparameters (requires_grad=False)."
                 )
-            if line_search and h_opt is not None and it >= hyper_warmup:
+            if line_search and it >= hyper_warmup:  # (line_search: h_opt is the L-BFGS)
                 # One L-BFGS step on θ; each trial point first gets a natural step on q.
                 h_opt.step(profiling_closure(strategy, model, Xb, yb, num_data, grad_params,
                                               q_opt, loss_check), loss=loss)
