@@ -1,10 +1,17 @@
 """What SVGP and VGP share: the ELBO from q(f) marginals, predictions, parameter groups.
 
 A model computes, from its ``q`` (a :class:`natvi.GaussianVariational` at ``model.q``) through
-autograd and with nothing cached across calls, the marginals of ``q(f)`` at the inputs and
-``KL(q ‖ p)``; the total ELBO is then
+autograd, the marginals of ``q(f)`` at the inputs and ``KL(q ‖ p)``; the total ELBO is then
 
     ELBO = (N / B) Σ_{n ∈ batch} E_{q(f_n)}[log p(y_n | f_n)] − KL(q ‖ p).
+
+Nothing that depends on q is kept across calls. What depends only on a *fixed* prior — the
+Cholesky factor of ``k(P, P) + jitter·I`` at the prior points and, for SVGP's ELBO, the solved
+cross block ``L_zz⁻¹ K_zx`` of the inputs — is kept while the kernel (one of the closed forms
+of :func:`~natvi.gp.conditionals.kernel_matrix`), the prior points and the inputs are equal by
+value to those it was computed from and no gradient flows to them (hyperparameters frozen, as
+in a q-only phase). Every call compares them, so an in-place change is seen;
+``model.reuse_fixed_prior = False`` recomputes everything at every call.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from natvi._validation import check_finite
 from natvi.gp.conditionals import (
     chol_with_jitter,
     default_jitter,
+    fixed_kernel_state,
     kernel_matrix,
     whiten_q,
     whitened_kl,
@@ -28,6 +36,29 @@ from natvi.parameterizations import DiagNatural, Natural, Parameterization
 from natvi.variational import GaussianVariational
 
 __all__ = ["VariationalGP"]
+
+
+def _snapshot(values: tuple) -> tuple:
+    """``values`` with every tensor copied (detached), so a later in-place change shows."""
+    return tuple(v.detach().clone() if isinstance(v, Tensor) else v for v in values)
+
+
+def _same(kept: tuple, values: tuple) -> bool:
+    """Whether ``values`` equal a :func:`_snapshot`: tensors by shape, dtype, device and value,
+    modules by identity, anything else by ``==``."""
+    if len(kept) != len(values):
+        return False
+    for a, b in zip(kept, values):
+        if isinstance(a, Tensor) or isinstance(b, Tensor):
+            if not (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape
+                    and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)):
+                return False
+        elif isinstance(a, nn.Module) or isinstance(b, nn.Module):
+            if a is not b:
+                return False
+        elif a != b:
+            return False
+    return True
 
 
 def resolve_parameterization(
@@ -63,10 +94,14 @@ class VariationalGP(nn.Module):
             float32).
         needs_full_batch: ``False``; ``True`` for a model whose q holds one variable per
             training datum (VGP), which cannot be trained on shards of the data.
+        reuse_fixed_prior: keep the prior's factor (and SVGP's solved cross block) across calls
+            while kernel, prior points and inputs are unchanged and take no gradient (module
+            docstring); ``False`` recomputes them at every call.
     """
 
     q: GaussianVariational
     needs_full_batch: bool = False
+    reuse_fixed_prior: bool = True
 
     def __init__(
         self,
@@ -113,10 +148,35 @@ class VariationalGP(nn.Module):
         raise NotImplementedError
 
     def _chol_prior(self) -> Tensor:
-        """Lower Cholesky factor of ``k(P, P) + jitter·I`` at the prior points ``P``."""
+        """Lower Cholesky factor of ``k(P, P) + jitter·I`` at the prior points ``P`` (the kept
+        one while the prior is fixed: module docstring)."""
         P = self._prior_points()
-        return chol_with_jitter(kernel_matrix(self.kernel, P, P), self._jitter(P.dtype),
-                                self._prior_name)
+        key = self._fixed_prior_key(P)
+        kept = self._kept().get("prior")
+        if key is not None and kept is not None and _same(kept[0], key):
+            return kept[1]
+        L = chol_with_jitter(kernel_matrix(self.kernel, P, P), self._jitter(P.dtype),
+                             self._prior_name)
+        self._kept().clear()  # what was computed from another prior is stale
+        if key is not None:
+            self._kept()["prior"] = (_snapshot(key), L)
+        return L
+
+    def _fixed_prior_key(self, P: Tensor) -> tuple | None:
+        """What the prior at ``P`` is computed from, when it is fixed (no gradient flows to the
+        kernel or ``P``, closed-form kernel, ``reuse_fixed_prior``), else ``None``."""
+        if not self.reuse_fixed_prior or (torch.is_grad_enabled() and P.requires_grad):
+            return None
+        state = fixed_kernel_state(self.kernel, P)
+        return None if state is None else (*state, P, self._jitter(P.dtype))
+
+    def _kept(self) -> dict:
+        """What is kept of a fixed prior: ``"prior"`` -> ``(key, L)``, and what a subclass
+        derives from that ``L`` (cleared with it). A plain attribute: not in the state dict."""
+        kept = self.__dict__.get("_kept_prior")
+        if kept is None:
+            kept = self.__dict__["_kept_prior"] = {}
+        return kept
 
     def _init_q(self, parameterization: Parameterization) -> GaussianVariational:
         """``q`` at the prior: ``N(0, I)`` whitened, ``N(0, K + jitter·I)`` (or its diagonal)."""

@@ -32,7 +32,9 @@ __all__ = [
     "chol_with_jitter",
     "whiten_q",
     "minus_identity",
+    "solve_block",
     "marginals",
+    "fixed_kernel_state",
     "whitened_kl",
 ]
 
@@ -81,6 +83,19 @@ def _kernel_block(kernel: gpytorch.kernels.Kernel, X1: Tensor, X2: Tensor) -> tu
         return _stationary_matrix(base.lengthscale, scale, nu, X1, X2), True
     with gpytorch.settings.lazily_evaluate_kernels(False):
         return to_dense(kernel(X1, X2)), False
+
+
+def fixed_kernel_state(kernel: gpytorch.kernels.Kernel, X: Tensor) -> tuple | None:
+    """What a closed-form kernel's blocks are computed from — ``(kernel, base kernel, ν,
+    lengthscale, outputscale or None)`` — when no gradient flows to its parameters, else
+    ``None`` (also for every kernel that goes through GPyTorch, whose state natvi does not
+    know). Two states with the same objects and equal values give the same blocks."""
+    form = _stationary_form(kernel, X)
+    if form is None or (torch.is_grad_enabled()
+                        and any(p.requires_grad for p in kernel.parameters())):
+        return None
+    base, scaled, nu = form
+    return kernel, base, nu, base.lengthscale, None if scaled is None else scaled.outputscale
 
 
 _MATERN_NU = (0.5, 1.5, 2.5)
@@ -219,17 +234,15 @@ class _Marginals(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, L: Tensor, K: Tensor, m: Tensor, D: Tensor, overwrite: bool = False
-                ) -> tuple[Tensor, Tensor]:
+    def forward(ctx, L: Tensor, K: Tensor, m: Tensor, D: Tensor, overwrite: bool = False,
+                solved: Tensor | None = None) -> tuple[Tensor, Tensor]:
         # The solve returns A in column-major layout, so Aᵀ [*b, N, M] is contiguous; every
         # [N, M] product and elementwise pass below works on Aᵀ so that no operand is strided
         # against another (a mixed-layout ``A * (D A)`` costs ~10x a contiguous one).
-        if overwrite and not ctx.needs_input_grad[1] and K.mT.is_contiguous():
-            # K is the caller's to lose and no graph holds it: solve in its memory (LAPACK's
-            # solve overwrites its right-hand side; otherwise K is first copied)
-            A_t = torch.linalg.solve_triangular(L, K, upper=False, out=K).mT
+        if solved is not None:  # Aᵀ given (a fixed prior's; nothing flows to L or K)
+            A_t = solved
         else:
-            A_t = torch.linalg.solve_triangular(L, K, upper=False).mT
+            A_t = solve_block(L, K, overwrite and not ctx.needs_input_grad[1])
         B_t = A_t @ D  # (D A)ᵀ, D symmetric
         ctx.save_for_backward(L, A_t, m, D)
         return (A_t @ m.unsqueeze(-1)).squeeze(-1), B_t.mul_(A_t).sum(-1)
@@ -251,7 +264,17 @@ class _Marginals(torch.autograd.Function):
         if need_L:
             inner = m.unsqueeze(-1) * m_bar.unsqueeze(-2) + 2.0 * D @ D_bar
             L_bar = -torch.linalg.solve_triangular(L.mT, inner, upper=True).tril()
-        return L_bar, K_bar, m_bar, D_bar, None
+        return L_bar, K_bar, m_bar, D_bar, None, None
+
+
+def solve_block(L_zz: Tensor, K_zx: Tensor, overwrite: bool = False) -> Tensor:
+    """``Aᵀ = (L_zz⁻¹ K_zx)ᵀ`` ``[*b, N, M]``, contiguous (the solve's column-major result
+    transposed). ``overwrite``: ``K_zx`` is the caller's to lose and no graph holds it, so the
+    solve runs in its memory when its layout allows (LAPACK's solve overwrites its right-hand
+    side; otherwise ``K_zx`` is first copied)."""
+    if overwrite and K_zx.mT.is_contiguous():
+        return torch.linalg.solve_triangular(L_zz, K_zx, upper=False, out=K_zx).mT
+    return torch.linalg.solve_triangular(L_zz, K_zx, upper=False).mT
 
 
 def minus_identity(S_t: Tensor, diagonal: bool) -> Tensor:
@@ -264,7 +287,7 @@ def minus_identity(S_t: Tensor, diagonal: bool) -> Tensor:
 
 def marginals(
     L_zz: Tensor, K_zx: Tensor, kxx: Tensor, m_t: Tensor, S_t: Tensor, diagonal: bool,
-    overwrite_K: bool = False,
+    overwrite_K: bool = False, solved: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """q(f) marginals at N points (prior mean excluded): ``(mean [*b, N], var [*b, N])``.
 
@@ -280,8 +303,17 @@ def marginals(
         overwrite_K: the caller does not read ``K_zx`` again: when no gradient flows to it,
             ``A`` is solved in its memory (no copy of the ``[M, N]`` block; ``K_zx`` then
             holds ``A``).
+        solved: ``Aᵀ`` ``[*b, N, M]`` from :func:`solve_block` when it is already known (a
+            fixed prior's); then ``L_zz`` and ``K_zx`` are not read and take no gradient
+            (``K_zx`` may be ``None``).
     """
     D = minus_identity(S_t, diagonal)
+    if solved is not None:
+        batch = batch_shape(solved.shape[:-2], m_t.shape[:-1], D.shape[:-2])
+        N, M = solved.shape[-2:]
+        mean, var = _Marginals.apply(None, None, m_t.expand(*batch, M), D.expand(*batch, M, M),
+                                     False, solved.expand(*batch, N, M))
+        return mean, kxx + var
     batch = batch_shape(L_zz.shape[:-2], K_zx.shape[:-2], m_t.shape[:-1], D.shape[:-2])
     M, N = K_zx.shape[-2:]
     mean, var = _Marginals.apply(

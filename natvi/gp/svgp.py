@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import gpytorch
+import torch
 from torch import Tensor, nn
 
 from natvi._validation import check_finite
-from natvi.gp.base import VariationalGP, resolve_parameterization
+from natvi.gp.base import VariationalGP, _same, _snapshot, resolve_parameterization
 from natvi.gp.conditionals import (
     cross_kernel_block,
     kernel_diag,
     marginals,
+    solve_block,
     whitened_kl,
 )
 from natvi.likelihoods.base import Likelihood
@@ -100,15 +102,37 @@ class SVGP(VariationalGP):
     def _prior_points(self) -> Tensor:
         return self.inducing_points
 
-    def _conditional(self, X: Tensor, L_zz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _conditional(self, X: Tensor, L_zz: Tensor, solved: tuple[Tensor, Tensor] | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor]:
         m_t, S_t, logdet, diag = self._whitened_q(L_zz)
-        K_zx, owned = cross_kernel_block(self.kernel, self.inducing_points, X)
-        mean, var = marginals(L_zz, K_zx, kernel_diag(self.kernel, X), m_t, S_t, diag,
-                              overwrite_K=owned)
+        if solved is not None:
+            mean, var = marginals(L_zz, None, solved[1], m_t, S_t, diag, solved=solved[0])
+        else:
+            K_zx, owned = cross_kernel_block(self.kernel, self.inducing_points, X)
+            mean, var = marginals(L_zz, K_zx, kernel_diag(self.kernel, X), m_t, S_t, diag,
+                                  overwrite_K=owned)
         return mean + self._prior_mean(X), var, whitened_kl(m_t, S_t, logdet, diag)
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self._conditional(X, self._chol_prior())
+        L_zz = self._chol_prior()
+        return self._conditional(X, L_zz, self._solved_block(X, L_zz))
+
+    def _solved_block(self, X: Tensor, L_zz: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(Aᵀ = (L_zz⁻¹ K_zx)ᵀ [*b, N, M], k(x, x) [*b, N])`` of the inputs, kept with a
+        fixed prior while ``X`` is equal by value (one entry: the last inputs); ``None`` when
+        the prior is not fixed or a gradient flows to ``X``."""
+        kept = self._kept()
+        prior = kept.get("prior")
+        if prior is None or prior[1] is not L_zz or (torch.is_grad_enabled() and X.requires_grad):
+            return None
+        block = kept.get("block")
+        if block is not None and _same(block[0], (X,)):
+            return block[1]
+        with torch.no_grad():
+            K_zx, owned = cross_kernel_block(self.kernel, self.inducing_points, X)
+            solved = solve_block(L_zz, K_zx, owned), kernel_diag(self.kernel, X)
+        kept["block"] = (_snapshot((X,)), solved)
+        return solved
 
     def predict_f(self, X: Tensor) -> tuple[Tensor, Tensor]:
         X = self._check_X(X)
