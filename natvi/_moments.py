@@ -38,38 +38,47 @@ def _round_trip_ok(P: Tensor, S: Tensor, m: Tensor) -> bool:
     """
     M = P.shape[-1]
     u = torch.finfo(P.dtype).eps / 2
-    trace_P = P.diagonal(dim1=-2, dim2=-1).sum(-1)
-    scale = S.diagonal(dim1=-2, dim2=-1).sum(-1) + m.square().sum(-1)
-    if bool((trace_P * scale < 1.0 / (8.0 * (M + 2) ** 2 * u)).all()):
-        return True
+    bound = 1.0 / (8.0 * (M + 2) ** 2 * u)
+    if P.dim() == 2:  # (the unbatched q: three reductions, one comparison)
+        if float(P.trace() * torch.dot(m, m).add_(S.trace())) < bound:
+            return True
+    else:
+        trace_P = P.diagonal(dim1=-2, dim2=-1).sum(-1)
+        scale = S.diagonal(dim1=-2, dim2=-1).sum(-1) + m.square().sum(-1)
+        if bool((trace_P * scale < bound).all()):
+            return True
     mmT = m.unsqueeze(-1) * m.unsqueeze(-2)
     _, info = torch.linalg.cholesky_ex((S + mmT) - mmT)
     return bool((info == 0).all())
 
 
-# The factorisation of the precision P = −2·sym(θ2) of the last q that in_domain accepted, one
-# per (shape, dtype, device): the next forward pass (of that q, once the optimiser has copied
-# it in) reuses L_P and S = P⁻¹ when its P is bit for bit the same matrix.
-_FACTORS: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+# What in_domain computed for the last q it accepted, one per (shape, dtype, device): the
+# candidate (θ1, θ2) with L_P, S = P⁻¹ and m = S θ1. The next forward pass at that q (once the
+# optimiser has copied it in) takes them when its θ equals the candidate bit for bit; taken
+# once (popped), so the outputs are fresh tensors of that one autograd node.
+_FACTORS: dict[tuple, tuple[Tensor, ...]] = {}
 
 
-def remember_factor(P: Tensor, L_P: Tensor, S: Tensor) -> None:
-    """Keep ``(L_P, S = P⁻¹)`` of an accepted precision ``P`` for the next forward pass."""
-    _FACTORS[(P.shape, P.dtype, P.device)] = (P, L_P, S)
+def remember_factor(theta1: Tensor, theta2: Tensor, L_P: Tensor, S: Tensor, m: Tensor) -> None:
+    """Keep ``(L_P, S = P⁻¹, m = S θ1)`` of an accepted candidate ``(θ1, θ2)`` (tensors nothing
+    else writes to) for the next forward pass."""
+    _FACTORS[(theta2.shape, theta2.dtype, theta2.device)] = (theta1, theta2, L_P, S, m)
 
 
-def _precision_factor(P: Tensor) -> tuple[Tensor, Tensor]:
-    """``(L_P, S)`` for the precision ``P [..., M, M]``: from in_domain's check if it factorised
-    this very matrix, else one Cholesky and ``cholesky_inverse``."""
-    hit = _FACTORS.get((P.shape, P.dtype, P.device))
-    if hit is not None and torch.equal(hit[0], P):
-        return hit[1], hit[2].clone()  # a fresh output tensor for each autograd node
-    L_P = cholesky(P, "the precision −2·theta2")
-    return L_P, cholesky_inverse(L_P)
+def _natural_moments(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(L_P, S, m)`` of ``(θ1, θ2)``: in_domain's, if it factorised this very q, else one
+    Cholesky of ``P``, ``cholesky_inverse`` and two triangular solves."""
+    hit = _FACTORS.pop((theta2.shape, theta2.dtype, theta2.device), None)
+    if (hit is not None and hit[0].shape == theta1.shape and torch.equal(hit[1], theta2)
+            and torch.equal(hit[0], theta1)):
+        return hit[2], hit[3], hit[4]
+    L_P = cholesky(precision(theta2), "the precision −2·theta2")
+    return L_P, cholesky_inverse(L_P), cho_solve_vec(theta1, L_P)
 
 
 # ∇_η L recorded by _NaturalMoments' backward, keyed on id(θ1): (weakref θ1, weakref θ2,
-# versions of θ1, θ2 at the forward pass, ∇_θ1 L, ∇_θ2 L, ∇_η1 L, ∇_η2 L).
+# versions of θ1, θ2 at the forward pass, ∇_θ1 L, ∇_θ2 L, ∇_η1 L, ∇_η2 L, versions of the
+# two ∇_θ tensors when recorded).
 _RECORDED: dict[int, tuple] = {}
 
 
@@ -100,9 +109,8 @@ class _NaturalMoments(torch.autograd.Function):
 
     @staticmethod
     def forward(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        L_P, S = _precision_factor(precision(theta2))
-        m = cho_solve_vec(theta1, L_P)
-        return m, S, -2.0 * L_P.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        L_P, S, m = _natural_moments(theta1, theta2)
+        return m, S, L_P.diagonal(dim1=-2, dim2=-1).log().sum(-1).mul_(-2.0)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -120,34 +128,44 @@ class _NaturalMoments(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_m: Tensor | None, g_S: Tensor | None, g_ld: Tensor | None):
         theta1, theta2, m, S = ctx.saved_tensors
-        zero = torch.zeros((), dtype=m.dtype, device=m.device)
-        G = zero if g_S is None else symmetrize(g_S)
-        g_m = torch.zeros_like(m) if g_m is None else g_m
-        g_ld = zero if g_ld is None else g_ld
+        if g_m is None:
+            g_m = torch.zeros_like(m)
+        if g_ld is None:
+            g_ld = torch.zeros(m.shape[:-1], dtype=m.dtype, device=m.device)
         ld = g_ld[..., None, None]
-        a = (S @ g_m.unsqueeze(-1)).squeeze(-1)
+        a = (S @ g_m.unsqueeze(-1)).squeeze(-1)  # S ḡ_m
         T = a.unsqueeze(-1) * m.unsqueeze(-2)  # a mᵀ
-        if g_S is not None:
-            T = (S @ G) @ S + T
+        if g_S is None:
+            G = None
+            eta1 = g_m.addcmul(theta1, g_ld.unsqueeze(-1), value=-2.0)
+            eta2 = (theta2 + theta2.mT).mul_(-ld)  # ḡ_ld P
+        else:
+            G = symmetrize(g_S)
+            SG = S @ G
+            T = torch.baddbmm(T, SG, S) if T.dim() == 3 else (
+                torch.addmm(T, SG, S) if T.dim() == 2 else SG @ S + T)
+            Gm = (G @ m.unsqueeze(-1)).squeeze(-1)
+            eta1 = torch.add(g_m, Gm, alpha=-2.0).addcmul_(theta1, g_ld.unsqueeze(-1), value=-2.0)
+            eta2 = torch.addcmul(G, theta2 + theta2.mT, -ld)  # G + ḡ_ld P
         # T + Tᵀ = a mᵀ + m aᵀ + 2 sym(S G S), symmetric bit for bit; then + 2 ḡ_ld S
-        grad2 = (T + T.mT).addcmul_(S, 2.0 * ld)
-        Gm = (G @ m.unsqueeze(-1)).squeeze(-1) if g_S is not None else torch.zeros_like(m)
-        eta1 = g_m - 2.0 * Gm - 2.0 * g_ld[..., None] * theta1
-        eta2 = torch.addcmul(G, theta2 + theta2.mT, -ld)  # G + ḡ_ld P
+        grad2 = (T + T.mT).addcmul_(S, ld, value=2.0)
         grad1, grad2 = a.expand_as(theta1), grad2.expand_as(theta2)
         _remember(ctx.refs, grad1, grad2, eta1.expand_as(theta1), eta2.expand_as(theta2))
         return grad1, grad2
 
 
 def _remember(refs: tuple | None, *grads: Tensor) -> None:
+    """Record ``(∇_θ1, ∇_θ2, ∇_η1, ∇_η2)`` of the backward pass at the θ of ``refs``. ``∇_θ`` is
+    handed to autograd as it is: if ``.grad`` takes it over and a later pass accumulates into
+    it, its version counter moves and the record no longer matches."""
     if refs is None:
         return
     for key in [k for k, rec in _RECORDED.items() if rec[0]() is None or rec[1]() is None]:
         del _RECORDED[key]
     theta1 = refs[0]()
-    if theta1 is not None:  # ∇_θ handed to autograd is cloned (.grad may take it over); ∇_η not
-        grad1, grad2, eta1, eta2 = (g.detach() for g in grads)
-        _RECORDED[id(theta1)] = (*refs, grad1.clone(), grad2.clone(), eta1, eta2)
+    if theta1 is not None:
+        grad1, grad2 = grads[:2]
+        _RECORDED[id(theta1)] = (*refs, *grads, grad1._version, grad2._version)
 
 
 def recorded_expectation_gradient(
@@ -169,6 +187,8 @@ def recorded_expectation_gradient(
         return None
     if grad1 is None or grad2 is None:
         return None
+    if (rec[4]._version, rec[5]._version) != rec[8:10]:
+        return None  # what backward handed to autograd was written to since
     if not (torch.equal(grad1, rec[4]) and torch.equal(grad2, rec[5])):
         return None
     return rec[6], rec[7]  # (∇_η2 L is symmetric by construction: G and θ2 + θ2ᵀ are)

@@ -28,7 +28,8 @@ def all_finite(*tensors: Tensor) -> bool:
     """
     for x in tensors:
         if x.is_floating_point():
-            if not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
+            total = x.detach().sum() if x.requires_grad else x.sum()
+            if not math.isfinite(float(total)) and not bool(torch.isfinite(x).all()):
                 return False
         elif not bool(torch.isfinite(x).all()):
             return False

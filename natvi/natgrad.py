@@ -98,7 +98,9 @@ def natural_gradient(
         >>> nat_m, nat_L = natural_gradient(p, (m, L), (torch.ones(3), torch.zeros(3, 3)))
     """
     grad_eta = expectation_gradient(parameterization, xi, grad_xi)
-    xi = tuple(x.detach() for x in xi)
+    if torch.is_grad_enabled():
+        xi = tuple(x.detach() for x in xi)
     # (in natural coordinates ξ is θ up to θ2's symmetric part: no map to evaluate)
-    theta = xi if parameterization.natural_coordinates else parameterization.to_natural(*xi)
+    theta = tuple(xi) if parameterization.natural_coordinates else (
+        parameterization.to_natural(*xi))
     return tuple(parameterization.push_forward(theta, grad_eta))

@@ -126,7 +126,7 @@ class Parameterization:
         S, m = cholesky_inverse(L_P), cho_solve_vec(theta1, L_P)  # (no derivative taken here)
         ok = all_finite(m) and _round_trip_ok(P, S, m)
         if ok and self.natural_coordinates:  # only Natural's forward pass reads it
-            remember_factor(P, L_P, S)
+            remember_factor(theta1, theta2, L_P, S, m)
         return ok
 
     def to_natural(self, *xi: Tensor) -> tuple[Tensor, Tensor]:

@@ -117,6 +117,12 @@ def loss_problem(before: Tensor | float | None, after: Tensor | float, monotone:
     return None
 
 
+def _write(params: Sequence[Tensor], candidate: Sequence[Tensor]) -> None:
+    """Copy a candidate into the live tensors (each entry reshaped to its tensor's shape)."""
+    for p, value in zip(params, candidate):
+        p.copy_(value if value.shape == p.shape else value.reshape(p.shape))
+
+
 def _first_valid(block: Block, lr: float, budget: int, factor: float):
     """``(candidate, lr, tries)`` of the first valid proposal from ``lr`` down, or ``None``."""
     for tries in range(budget + 1):
@@ -195,8 +201,7 @@ def atomic_step(
             tries[i] += extra
             if extra:
                 reasons[i] = "invalid"
-            for p, value in zip(b.params, candidate):
-                p.copy_(value.reshape(p.shape))
+            _write(b.params, candidate)
         if closure is None or not any(used):
             break
         reason, loss = _evaluate(closure, before, monotone)
@@ -242,8 +247,7 @@ def _step_without_closure(
             continue
         candidate, lr, tries = f
         if keep:
-            for p, value in zip(b.params, candidate):
-                p.copy_(value.reshape(p.shape))
+            _write(b.params, candidate)
         reason = "invalid" if tries else None
         records.append(StepRecord(b.step, b.group, b.lr, lr if keep else 0.0, tries, reason))
     return records

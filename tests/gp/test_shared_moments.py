@@ -85,6 +85,11 @@ def test_recorded_gradient_is_refused_unless_it_is_the_whole_unchanged_gradient(
     assert recorded_expectation_gradient(*xi, *(p.grad for p in xi)) is None
     twin = tuple(x.detach().clone() for x in xi)
     assert recorded_expectation_gradient(*twin, *first) is None  # other tensors
+    model.zero_grad(set_to_none=True)
+    (-model.elbo(X, y)).backward()
+    with torch.no_grad():  # .grad written in place (were it backward's own tensor, its version)
+        xi[1].grad.mul_(2.0)
+    assert recorded_expectation_gradient(*xi, *(p.grad for p in xi)) is None
 
 
 def test_mean_cholesky_moments_equal_the_generic_path():
