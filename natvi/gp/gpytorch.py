@@ -60,6 +60,7 @@ import weakref
 import torch
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.distributions.multivariate_normal import kl_mvn_mvn
+from gpytorch.lazy import LazyEvaluatedKernelTensor
 from gpytorch.settings import _linalg_dtype_cholesky
 from gpytorch.utils.errors import CachingError
 from gpytorch.utils.memoize import add_to_cache, cached, get_from_cache
@@ -81,7 +82,14 @@ from torch import Tensor
 from torch.distributions import register_kl
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from natvi.gp.conditionals import marginals, minus_identity, whiten_q
+from natvi.gp.conditionals import (
+    _stationary_form,
+    kernel_diag,
+    kernel_matrix,
+    marginals,
+    minus_identity,
+    whiten_q,
+)
 from natvi.optim.natural_gradient import NaturalGradient
 from natvi.parameterizations import Natural, Parameterization
 from natvi.variational import GaussianVariational, owner
@@ -310,17 +318,39 @@ class _FromMoments:
         return self.kl_divergence() if prior is own else None
 
     def _prior_blocks(self, x: Tensor, inducing_points: Tensor, **kwargs):
-        """``(μ_z, μ_x, K_zz, K_zx, k_xx, the lazy K_xx)`` from one evaluation of the model's
+        """``(μ_z, μ_x, K_zz, K_zx, k_xx, data_data, owned)`` from one evaluation of the model's
         prior at ``[Z; X]`` (``K_zz`` and ``K_xz`` as one ``[M + N, M]`` kernel block, so that
-        ``K_zx = K_xzᵀ`` is column-major: the triangular solve with it copies nothing)."""
+        ``K_zx = K_xzᵀ`` is column-major: the triangular solve with it copies nothing);
+        ``data_data()`` is the lazy ``K_xx`` (only ``diag=False`` asks for it).
+
+        When the model's forward returns its kernel lazily (GPyTorch's default) and the kernel is
+        one of natvi's closed forms (:func:`~natvi.gp.conditionals.kernel_matrix`), the block
+        and ``k_xx`` are natvi's (``owned``: a fresh tensor :func:`marginals` may overwrite);
+        otherwise GPyTorch evaluates them."""
         M = inducing_points.size(-2)
         full_output = self.model.forward(torch.cat([inducing_points, x], dim=-2), **kwargs)
         full_covar = full_output.lazy_covariance_matrix
-        K_z = full_covar[..., :, :M].to_dense()
-        data_data = full_covar[..., M:, M:]
         mean = full_output.mean
-        return (mean[..., :M], mean[..., M:], K_z[..., :M, :], K_z[..., M:, :].mT,
-                data_data.diagonal(dim1=-1, dim2=-2), data_data)
+        K_z, kxx = _closed_form_blocks(full_covar, M)
+        owned = K_z is not None
+        if not owned:
+            K_z = full_covar[..., :, :M].to_dense()
+            kxx = full_covar[..., M:, M:].diagonal(dim1=-1, dim2=-2)
+        return (mean[..., :M], mean[..., M:], K_z[..., :M, :], K_z[..., M:, :].mT, kxx,
+                lambda: full_covar[..., M:, M:], owned)
+
+
+def _closed_form_blocks(covar, M: int) -> tuple[Tensor | None, Tensor | None]:
+    """``(k([Z; X], Z) [*b, M + N, M], k(x, x) [*b, N])`` in natvi's closed form when ``covar``
+    is GPyTorch's lazily evaluated ``k([Z; X], [Z; X])`` of a closed-form kernel (no extra
+    kernel arguments), else ``(None, None)``."""
+    if not isinstance(covar, LazyEvaluatedKernelTensor) or covar.params or (
+            covar.last_dim_is_batch or covar.x1 is not covar.x2):
+        return None, None
+    X = covar.x1
+    if _stationary_form(covar.kernel, X) is None:
+        return None, None
+    return kernel_matrix(covar.kernel, X, X[..., :M, :]), kernel_diag(covar.kernel, X[..., M:, :])
 
 
 class NatviVariationalStrategy(_FromMoments, VariationalStrategy):
@@ -358,15 +388,17 @@ class NatviVariationalStrategy(_FromMoments, VariationalStrategy):
         if not self.training:
             return super().forward(x, inducing_points, inducing_values,
                                    variational_inducing_covar, diag=diag, **kwargs)
-        _, mu_x, K_zz, K_zx, kxx, data_data = self._prior_blocks(x, inducing_points, **kwargs)
+        _, mu_x, K_zz, K_zx, kxx, data_data, owned = self._prior_blocks(
+            x, inducing_points, **kwargs)
         eye = torch.eye(K_zz.shape[-1], dtype=K_zz.dtype, device=K_zz.device)
         L_zz = psd_safe_cholesky((K_zz + self.jitter_val * eye).type(_linalg_dtype_cholesky.value()))
         L_zz = L_zz.type(K_zx.dtype)
         m, S, _ = self.moments()
         if diag:
-            mean, var = marginals(L_zz, K_zx, kxx + self.jitter_val, m, S, self._diagonal_q)
+            mean, var = marginals(L_zz, K_zx, kxx + self.jitter_val, m, S, self._diagonal_q,
+                                  overwrite_K=owned)
             return MultivariateNormal(mu_x + mean, DiagLinearOperator(var))
-        return _full_output(mu_x, L_zz, K_zx, data_data.add_jitter(self.jitter_val), m, S,
+        return _full_output(mu_x, L_zz, K_zx, data_data().add_jitter(self.jitter_val), m, S,
                             self._diagonal_q)
 
     def kl_divergence(self) -> Tensor:
@@ -404,7 +436,8 @@ class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStra
         m, S, logdet = self.moments()
         if not self.training or torch.equal(x, inducing_points):
             return super().forward(x, inducing_points, m, self._q_factored(), diag=diag, **kwargs)
-        mu_z, mu_x, K_zz, K_zx, kxx, data_data = self._prior_blocks(x, inducing_points, **kwargs)
+        mu_z, mu_x, K_zz, K_zx, kxx, data_data, owned = self._prior_blocks(
+            x, inducing_points, **kwargs)
         L_zz = self._factor(K_zz)
         whitened = whiten_q(m - mu_z, S, L_zz, self._diagonal_q, logdet)
         add_to_cache(self, "natvi_whitened_memo", whitened)
@@ -414,8 +447,8 @@ class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStra
         add_to_cache(self, "prior_distribution_memo", MultivariateNormal(
             mu_z, CholLinearOperator(TriangularLinearOperator(L_zz))))
         if not diag:
-            return _full_output(mu_x, L_zz, K_zx, data_data, whitened[0], whitened[1], False)
-        mean, var = marginals(L_zz, K_zx, kxx, whitened[0], whitened[1], False)
+            return _full_output(mu_x, L_zz, K_zx, data_data(), whitened[0], whitened[1], False)
+        mean, var = marginals(L_zz, K_zx, kxx, whitened[0], whitened[1], False, overwrite_K=owned)
         return MultivariateNormal(mu_x + mean, DiagLinearOperator(var))
 
     @cached(name="natvi_factored_memo")

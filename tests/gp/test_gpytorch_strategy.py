@@ -365,3 +365,41 @@ def test_a_multi_output_wrappers_kl_is_the_strategys_closed_form(pair, monkeypat
                                                       2.0 * torch.eye(8, dtype=DT))
     torch.testing.assert_close(torch.distributions.kl_divergence(q, other),
                                gpytorch.distributions.multivariate_normal.kl_mvn_mvn(q, other))
+
+
+@pairs
+@pytest.mark.parametrize("kernel", ["matern", "periodic", "eager"])
+def test_closed_form_and_gpytorch_evaluated_kernel_blocks_give_gpytorchs_elbo(kernel, pair):
+    """A closed-form kernel (Matérn) is evaluated by natvi, a periodic one — or any kernel when
+    GPyTorch evaluates kernels eagerly — by GPyTorch; the ELBO and every gradient match."""
+    import copy
+
+    from natvi.gp import gpytorch as interop
+
+    X, y = _data()
+    theirs, ours = _pair(Natural(), pair=pair)
+    if kernel != "eager":
+        base = (gpytorch.kernels.MaternKernel(nu=1.5) if kernel == "matern"
+                else gpytorch.kernels.PeriodicKernel())
+        k = gpytorch.kernels.ScaleKernel(base).to(DT)
+        theirs.covar_module, ours.covar_module = k, copy.deepcopy(k)
+    used = []
+    real = interop._closed_form_blocks
+
+    def spy(covar, M):
+        out = real(covar, M)
+        used.append(out[0] is not None)
+        return out
+
+    lik = gpytorch.likelihoods.BernoulliLikelihood().to(DT)
+    with gpytorch.settings.lazily_evaluate_kernels(kernel != "eager"):
+        ref = _loss_and_grads(theirs, lik, X, y)
+        interop._closed_form_blocks = spy
+        try:
+            got = _loss_and_grads(ours, lik, X, y)
+        finally:
+            interop._closed_form_blocks = real
+    assert used == [kernel == "matern"]
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=0)
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
