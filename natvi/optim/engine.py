@@ -94,6 +94,9 @@ class Block:
         lr: the step size asked for.
         step: the block's step count (for the record).
         group: the block's index (for the record).
+        checks_finite: ``valid`` itself rejects a candidate with a NaN or an infinity (e.g.
+            :meth:`~natvi.parameterizations.Parameterization.in_domain`), so the engine does not
+            check that first.
     """
 
     params: Sequence[Tensor]
@@ -102,6 +105,7 @@ class Block:
     lr: float
     step: int = 0
     group: int = 0
+    checks_finite: bool = False
 
 
 def loss_problem(before: Tensor | float | None, after: Tensor | float, monotone: bool) -> str | None:
@@ -128,7 +132,7 @@ def _first_valid(block: Block, lr: float, budget: int, factor: float):
     for tries in range(budget + 1):
         try:
             candidate = tuple(block.propose(lr))
-            ok = all_finite(*candidate) and block.valid(candidate)
+            ok = (block.checks_finite or all_finite(*candidate)) and block.valid(candidate)
         except ValueError:
             ok = False
         if ok:

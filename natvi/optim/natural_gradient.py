@@ -224,7 +224,9 @@ class NaturalGradient(Optimizer):
         def propose(gamma: float) -> tuple[Tensor, ...]:  # params hold ξ (engine's guarantee)
             return self.safeguard.propose(p, params, nat, gamma * scale)
 
-        return Block(params, propose, lambda xi: p.in_domain(*xi), lr, t, index)
+        # (the base class's in_domain checks finiteness itself; an override may not)
+        finite = type(p).in_domain is Parameterization.in_domain
+        return Block(params, propose, lambda xi: p.in_domain(*xi), lr, t, index, finite)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:

@@ -13,6 +13,7 @@ from natvi.expfam import Gamma
 from natvi.optim import Backoff, MirrorDescent, NaturalGradient, SafeguardWarning
 from natvi.optim.engine import Block, StepRecord, atomic_step
 from natvi.parameterizations import MeanCholesky, Natural
+from natvi.variational import GaussianVariational
 from tests.optim.toy_models import BayesLinReg, regression_data
 
 DT = torch.float64
@@ -158,3 +159,32 @@ def test_num_data_on_a_per_datum_loss_takes_the_step_of_the_total_loss():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="num_data"):
         NaturalGradient.for_model(BayesLinReg(3), num_data=0)
+
+
+def test_the_engine_rejects_non_finite_candidates_unless_the_block_checks_them_itself():
+    x = torch.zeros(3, dtype=DT)
+
+    def block(checks_finite):
+        def propose(lr):  # non-finite until γ is small enough
+            return (torch.full((3,), torch.inf if lr > 0.3 else lr, dtype=DT),)
+
+        return Block([x], propose, lambda c: True, 1.0, checks_finite=checks_finite)
+
+    (record,), _ = atomic_step([block(False)])
+    assert (record.lr_used, record.tries, record.reason) == (0.25, 2, "invalid")
+    assert torch.equal(x, torch.full((3,), 0.25, dtype=DT))
+    (record,), _ = atomic_step([block(True)])  # valid accepts anything: so does the engine
+    assert record.lr_used == 1.0 and bool(torch.isinf(x).all())
+
+
+def test_natural_gradient_leaves_the_finiteness_check_to_in_domain_only_when_it_makes_it():
+    class Narrow(Natural):
+        def in_domain(self, *xi):  # an override that does not check finiteness itself
+            return True
+
+    for p, expected in ((Natural(), True), (Narrow(), False)):
+        q = GaussianVariational(2, parameterization=p, dtype=DT)
+        opt = NaturalGradient(q)
+        for t in q.xi():
+            t.grad = torch.zeros_like(t)
+        assert opt._block(0, opt.param_groups[0]).checks_finite is expected
