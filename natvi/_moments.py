@@ -132,25 +132,27 @@ class _NaturalMoments(torch.autograd.Function):
             g_m = torch.zeros_like(m)
         if g_ld is None:
             g_ld = torch.zeros(m.shape[:-1], dtype=m.dtype, device=m.device)
-        ld = g_ld[..., None, None]
-        a = (S @ g_m.unsqueeze(-1)).squeeze(-1)  # S ḡ_m
-        T = a.unsqueeze(-1) * m.unsqueeze(-2)  # a mᵀ
+        flat = m.dim() == 1  # an unbatched q: vector products, no broadcasting views
+        ld = g_ld if flat else g_ld[..., None, None]
+        a = torch.mv(S, g_m) if flat else (S @ g_m.unsqueeze(-1)).squeeze(-1)  # S ḡ_m
+        T = torch.outer(a, m) if flat else a.unsqueeze(-1) * m.unsqueeze(-2)  # a mᵀ
+        ld1 = g_ld if flat else g_ld.unsqueeze(-1)
         if g_S is None:
-            G = None
-            eta1 = g_m.addcmul(theta1, g_ld.unsqueeze(-1), value=-2.0)
+            eta1 = g_m.addcmul(theta1, ld1, value=-2.0)
             eta2 = (theta2 + theta2.mT).mul_(-ld)  # ḡ_ld P
         else:
             G = symmetrize(g_S)
             SG = S @ G
-            T = torch.baddbmm(T, SG, S) if T.dim() == 3 else (
-                torch.addmm(T, SG, S) if T.dim() == 2 else SG @ S + T)
-            Gm = (G @ m.unsqueeze(-1)).squeeze(-1)
-            eta1 = torch.add(g_m, Gm, alpha=-2.0).addcmul_(theta1, g_ld.unsqueeze(-1), value=-2.0)
+            T = torch.addmm(T, SG, S) if flat else (
+                torch.baddbmm(T, SG, S) if T.dim() == 3 else SG @ S + T)
+            Gm = torch.mv(G, m) if flat else (G @ m.unsqueeze(-1)).squeeze(-1)
+            eta1 = torch.add(g_m, Gm, alpha=-2.0).addcmul_(theta1, ld1, value=-2.0)
             eta2 = torch.addcmul(G, theta2 + theta2.mT, -ld)  # G + ḡ_ld P
         # T + Tᵀ = a mᵀ + m aᵀ + 2 sym(S G S), symmetric bit for bit; then + 2 ḡ_ld S
         grad2 = (T + T.mT).addcmul_(S, ld, value=2.0)
-        grad1, grad2 = a.expand_as(theta1), grad2.expand_as(theta2)
-        _remember(ctx.refs, grad1, grad2, eta1.expand_as(theta1), eta2.expand_as(theta2))
+        grad1, grad2, eta1, eta2 = (g if g.shape == t.shape else g.expand_as(t) for g, t in (
+            (a, theta1), (grad2, theta2), (eta1, theta1), (eta2, theta2)))
+        _remember(ctx.refs, grad1, grad2, eta1, eta2)
         return grad1, grad2
 
 
