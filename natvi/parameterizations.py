@@ -124,7 +124,7 @@ class Parameterization:
         if bool(info.any()):
             return False
         S, m = cholesky_inverse(L_P), cho_solve_vec(theta1, L_P)  # (no derivative taken here)
-        ok = all_finite(m) and _round_trip_ok(P, S, m)
+        ok = _round_trip_ok(P, S, m)  # (False for a non-finite m: its bound and Cholesky fail)
         if ok and self.natural_coordinates:  # only Natural's forward pass reads it
             remember_factor(theta1, theta2, L_P, S, m)
         return ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Callable
@@ -215,7 +216,9 @@ class NaturalGradient(Optimizer):
         for q in params:
             self.state[q].setdefault("step", 0)
         t = self.state[params[0]]["step"]
-        lr = evaluate(as_schedule(group["lr"]), t)
+        lr = group["lr"]  # (a plain positive float as it is; anything else through the checks)
+        if not (type(lr) is float and 0.0 < lr < math.inf):
+            lr = evaluate(as_schedule(lr), t)
         p = group["parameterization"]
         grads = [torch.zeros_like(q) if q.grad is None else q.grad for q in params]
         nat = natural_gradient(p, params, grads)

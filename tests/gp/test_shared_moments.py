@@ -155,3 +155,21 @@ def test_round_trip_bound_never_passes_a_matrix_whose_cholesky_fails(dtype):
         skipped += bool(P.trace() * (S.trace() + m @ m) < 1.0 / (8 * (M_ + 2) ** 2 * u))
     if dtype == torch.float64:
         assert skipped > 0  # the shortcut is taken in float64
+
+
+@pytest.mark.parametrize("batch", [(), (2,)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e200])
+def test_round_trip_check_refuses_a_non_finite_or_overflowing_mean(batch, bad):
+    """in_domain leaves the finiteness of m = S θ1 to the round-trip check."""
+    from natvi._moments import _round_trip_ok
+
+    theta1, theta2 = (t.detach() for t in _random_natural(batch, M=5, seed=2))
+    P = -(theta2 + theta2.mT)
+    S = torch.cholesky_inverse(torch.linalg.cholesky(P))
+    m = torch.linalg.solve(P, theta1.unsqueeze(-1)).squeeze(-1)
+    assert _round_trip_ok(P, S, m)
+    m[..., 1] = bad
+    assert not _round_trip_ok(P, S, m)
+    far = theta1.clone()
+    far[..., 1] = bad
+    assert not Natural().in_domain(far, theta2)
