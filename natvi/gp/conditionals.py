@@ -223,19 +223,27 @@ def whiten_q(
 
 
 class _Marginals(torch.autograd.Function):
-    """``(L, K, m̃, D) -> (Aᵀ m̃, colsum(A ∘ D A))`` with ``A = L⁻¹ K``, D symmetric.
+    """``(L, K, m̃, S̃[, log det S̃]) -> (Aᵀ m̃, colsum(A ∘ D A)[, KL])`` with ``A = L⁻¹ K``,
+    ``D = S̃ − I`` and ``KL = KL(N(m̃, S̃) ‖ N(0, I))`` summed over the batch.
 
     Reverse mode written out (G = diag(ḡ_var), B = D A):
     ``Ā = m̃ ḡ_meanᵀ + 2 B G``, ``m̄ = A ḡ_mean``, ``D̄ = A G Aᵀ``, ``K̄ = L⁻ᵀ Ā`` and
     ``L̄ = −tril(L⁻ᵀ Ā Aᵀ) = −tril(L⁻ᵀ (m̃ m̄ᵀ + 2 D D̄))``: the last identity makes ``L̄`` cost
     ``O(M³)`` instead of another ``O(N M²)`` product, and ``K̄ = (L⁻ᵀ m̃) ḡ_meanᵀ +
     2 (L⁻ᵀ D) A G`` is one matrix product; a call costs four ``O(N M²)`` products (the solve for
-    A, ``D A``, ``A G Aᵀ``, ``(L⁻ᵀ D) (A G)``).
+    A, ``D A``, ``A G Aᵀ``, ``(L⁻ᵀ D) (A G)``). The KL term adds ``ḡ_KL m̃`` to ``m̄``,
+    ``½ ḡ_KL I`` to ``S̄ = D̄`` and ``−½ ḡ_KL`` to the log-determinant's gradient — in the same
+    node, so the ELBO's prior term costs no autograd graph of its own.
+
+    ``S̃`` is ``[*b, M, M]`` (symmetric) or, when ``diagonal``, its diagonal ``[*b, M]``. ``m̃`` and
+    ``S̃`` may have fewer batch dimensions than the kernel blocks (they broadcast; the KL counts
+    each q once).
     """
 
     @staticmethod
-    def forward(ctx, L: Tensor, K: Tensor, m: Tensor, D: Tensor, overwrite: bool = False,
-                solved: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(ctx, L: Tensor, K: Tensor, m: Tensor, S: Tensor, logdet: Tensor | None = None,
+                diagonal: bool = False, overwrite: bool = False, solved: Tensor | None = None
+                ) -> tuple[Tensor, ...]:
         # The solve returns A in column-major layout, so Aᵀ [*b, N, M] is contiguous; every
         # [N, M] product and elementwise pass below works on Aᵀ so that no operand is strided
         # against another (a mixed-layout ``A * (D A)`` costs ~10x a contiguous one).
@@ -243,28 +251,62 @@ class _Marginals(torch.autograd.Function):
             A_t = solved
         else:
             A_t = solve_block(L, K, overwrite and not ctx.needs_input_grad[1])
+        D = minus_identity(S, diagonal)
         B_t = A_t @ D  # (D A)ᵀ, D symmetric
         ctx.save_for_backward(L, A_t, m, D)
-        return (A_t @ m.unsqueeze(-1)).squeeze(-1), B_t.mul_(A_t).sum(-1)
+        ctx.diagonal = diagonal
+        mean = (A_t @ m.unsqueeze(-1)).squeeze(-1)
+        var = B_t.mul_(A_t).sum(-1)
+        if logdet is None:
+            return mean, var
+        ctx.logdet_shape = logdet.shape
+        M = m.shape[-1]
+        if m.dim() == 1 and not diagonal:  # (the unbatched q: four small operations)
+            kl = torch.dot(m, m).add_(S.trace()).sub_(logdet).sub_(M).mul_(0.5)
+        else:
+            trace = S.sum(-1) if diagonal else S.diagonal(dim1=-2, dim2=-1).sum(-1)
+            kl = (trace + m.square().sum(-1) - M - logdet).sum().mul_(0.5)
+        return mean, var, kl
 
     @staticmethod
-    def backward(ctx, g_mean: Tensor, g_var: Tensor) -> tuple[Tensor, ...]:
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_mean: Tensor, g_var: Tensor, g_kl: Tensor | None = None
+                 ) -> tuple[Tensor | None, ...]:
         L, A_t, m, D = ctx.saved_tensors
-        need_L, need_K, need_m, need_D = ctx.needs_input_grad[:4]
+        need_L, need_K, need_m, need_S, need_ld = (*ctx.needs_input_grad[:5], False)[:5]
         AG_t = A_t * g_var.unsqueeze(-1)  # (A G)ᵀ
         m_bar = (g_mean.unsqueeze(-2) @ A_t).squeeze(-2) if need_L or need_m else None
-        D_bar = A_t.mT @ AG_t if need_L or need_D else None
-        K_bar = L_bar = None
+        D_bar = A_t.mT @ AG_t if need_L or need_S else None
+        K_bar = L_bar = ld_bar = None
         if need_K:  # fixed hyperparameters and Z: skipped (an O(N M²) product)
             # K̄ = L⁻ᵀ Ā = (L⁻ᵀ m̃) ḡ_meanᵀ + 2 (L⁻ᵀ D) A G: a GEMM instead of an N-column solve,
             # formed as K̄ᵀ (contiguous [N, M]) and handed back transposed
-            Lt_m = torch.linalg.solve_triangular(L.mT, m.unsqueeze(-1), upper=True)
-            Lt_D = torch.linalg.solve_triangular(L.mT, D, upper=True)
+            Lt_m = torch.linalg.solve_triangular(L.mT, m.unsqueeze(-1).expand(
+                *A_t.shape[:-2], -1, 1), upper=True)
+            Lt_D = torch.linalg.solve_triangular(L.mT, D.expand(*A_t.shape[:-2], -1, -1),
+                                                 upper=True)
             K_bar = (AG_t @ (2.0 * Lt_D.mT)).addcmul_(g_mean.unsqueeze(-1), Lt_m.mT).mT
         if need_L:
             inner = m.unsqueeze(-1) * m_bar.unsqueeze(-2) + 2.0 * D @ D_bar
             L_bar = -torch.linalg.solve_triangular(L.mT, inner, upper=True).tril()
-        return L_bar, K_bar, m_bar, D_bar, None, None
+        S_bar = None
+        if need_S:
+            if D_bar.shape != D.shape:  # (a q shared across batch dimensions: summed here, so
+                D_bar = D_bar.sum_to_size(D.shape)  # that the KL's share is added once)
+            S_bar = D_bar.diagonal(dim1=-2, dim2=-1) if ctx.diagonal else D_bar
+        if need_m and m_bar.shape != m.shape:
+            m_bar = m_bar.sum_to_size(m.shape)
+        if g_kl is not None:  # KL = ½ Σ (tr S̃ + m̃ᵀm̃ − M − log det S̃)
+            if need_m:
+                m_bar = torch.addcmul(m_bar, m, g_kl)
+            if need_S:
+                if ctx.diagonal:
+                    S_bar = S_bar + 0.5 * g_kl
+                else:
+                    S_bar.diagonal(dim1=-2, dim2=-1).add_(0.5 * g_kl)
+            if need_ld:
+                ld_bar = (-0.5 * g_kl).expand(ctx.logdet_shape)
+        return (L_bar, K_bar, m_bar if need_m else None, S_bar, ld_bar, None, None, None)
 
 
 def solve_block(L_zz: Tensor, K_zx: Tensor, overwrite: bool = False) -> Tensor:
@@ -287,13 +329,14 @@ def minus_identity(S_t: Tensor, diagonal: bool) -> Tensor:
 
 def marginals(
     L_zz: Tensor, K_zx: Tensor, kxx: Tensor, m_t: Tensor, S_t: Tensor, diagonal: bool,
-    overwrite_K: bool = False, solved: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """q(f) marginals at N points (prior mean excluded): ``(mean [*b, N], var [*b, N])``.
+    overwrite_K: bool = False, solved: Tensor | None = None, logdet: Tensor | None = None,
+) -> tuple[Tensor, ...]:
+    """q(f) marginals at N points (prior mean excluded): ``(mean [*b, N], var [*b, N])``, and
+    with ``logdet`` also ``KL(N(m̃, S̃) ‖ N(0, I))`` (a scalar, as :func:`whitened_kl`).
 
     ``mean = Aᵀ m̃``, ``var = kxx + colsum(A ∘ (S̃ − I) A)`` with ``A = L_zz⁻¹ K_zx``, through a
     hand-written reverse mode (:class:`_Marginals`) that does not differentiate through the
-    ``N``-column triangular solve.
+    ``N``-column triangular solve and takes the KL's gradient in the same node.
 
     Args:
         L_zz: ``[*b, M, M]`` lower Cholesky factor of ``K_zz + jitter·I``.
@@ -306,21 +349,22 @@ def marginals(
         solved: ``Aᵀ`` ``[*b, N, M]`` from :func:`solve_block` when it is already known (a
             fixed prior's); then ``L_zz`` and ``K_zx`` are not read and take no gradient
             (``K_zx`` may be ``None``).
+        logdet: ``log det S̃`` ``[*b]``: also return the KL.
     """
-    D = minus_identity(S_t, diagonal)
+    S_shape = S_t.shape[:-1] if diagonal else S_t.shape[:-2]
     if solved is not None:
-        batch = batch_shape(solved.shape[:-2], m_t.shape[:-1], D.shape[:-2])
+        batch = batch_shape(solved.shape[:-2], m_t.shape[:-1], S_shape)
         N, M = solved.shape[-2:]
-        mean, var = _Marginals.apply(None, None, m_t.expand(*batch, M), D.expand(*batch, M, M),
-                                     False, solved.expand(*batch, N, M))
-        return mean, kxx + var
-    batch = batch_shape(L_zz.shape[:-2], K_zx.shape[:-2], m_t.shape[:-1], D.shape[:-2])
-    M, N = K_zx.shape[-2:]
-    mean, var = _Marginals.apply(
-        L_zz.expand(*batch, M, M), K_zx.expand(*batch, M, N), m_t.expand(*batch, M),
-        D.expand(*batch, M, M), overwrite_K and K_zx.shape[:-2] == batch,
-    )
-    return mean, kxx + var
+        out = _Marginals.apply(None, None, m_t, S_t, logdet, diagonal, False,
+                               solved.expand(*batch, N, M))
+    else:
+        batch = batch_shape(L_zz.shape[:-2], K_zx.shape[:-2], m_t.shape[:-1], S_shape)
+        M, N = K_zx.shape[-2:]
+        out = _Marginals.apply(
+            L_zz.expand(*batch, M, M), K_zx.expand(*batch, M, N), m_t, S_t, logdet, diagonal,
+            overwrite_K and K_zx.shape[:-2] == batch,
+        )
+    return (out[0], kxx + out[1], *out[2:])
 
 
 def whitened_kl(m_t: Tensor, S_t: Tensor, logdet_S_t: Tensor, diagonal: bool) -> Tensor:

@@ -13,7 +13,6 @@ from natvi.gp.conditionals import (
     kernel_diag,
     marginals,
     solve_block,
-    whitened_kl,
 )
 from natvi.likelihoods.base import Likelihood
 from natvi.parameterizations import Parameterization
@@ -106,12 +105,13 @@ class SVGP(VariationalGP):
                      ) -> tuple[Tensor, Tensor, Tensor]:
         m_t, S_t, logdet, diag = self._whitened_q(L_zz)
         if solved is not None:
-            mean, var = marginals(L_zz, None, solved[1], m_t, S_t, diag, solved=solved[0])
+            mean, var, kl = marginals(L_zz, None, solved[1], m_t, S_t, diag, solved=solved[0],
+                                      logdet=logdet)
         else:
             K_zx, owned = cross_kernel_block(self.kernel, self.inducing_points, X)
-            mean, var = marginals(L_zz, K_zx, kernel_diag(self.kernel, X), m_t, S_t, diag,
-                                  overwrite_K=owned)
-        return mean + self._prior_mean(X), var, whitened_kl(m_t, S_t, logdet, diag)
+            mean, var, kl = marginals(L_zz, K_zx, kernel_diag(self.kernel, X), m_t, S_t, diag,
+                                      overwrite_K=owned, logdet=logdet)
+        return mean + self._prior_mean(X), var, kl
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         L_zz = self._chol_prior()

@@ -196,10 +196,55 @@ def test_hand_written_reverse_mode_of_the_marginals_passes_gradcheck():
     C = torch.randn(2, M, M, generator=g, dtype=DT)
     D = (C + C.mT).requires_grad_()
 
-    def fn(L, K, m, D):  # tril / symmetric inputs, as in the model
-        return _Marginals.apply(L.tril(), K, m, 0.5 * (D + D.mT))
+    def fn(L, K, m, D):  # tril / symmetric inputs, as in the model (S̃ = D + I)
+        return _Marginals.apply(L.tril(), K, m, 0.5 * (D + D.mT) + torch.eye(M, dtype=DT))
 
     assert torch.autograd.gradcheck(fn, (L, K, m, D))
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+@pytest.mark.parametrize("q_batch", [(), (2,)])
+def test_marginals_with_the_kl_in_the_same_node_match_autodiff(diagonal, q_batch):
+    """The fused KL: values and every gradient (L, K, m̃, S̃, log det) equal to autodiff of the
+    marginals written out plus :func:`whitened_kl`, with a q shared across a batch of two
+    kernels (q_batch ()) or one q per kernel; and gradcheck."""
+    from natvi.gp.conditionals import _Marginals, whitened_kl
+
+    g = torch.Generator().manual_seed(3)
+    M, N = 4, 7
+    B = torch.randn(2, M, M, generator=g, dtype=DT)
+    L0 = torch.linalg.cholesky(B @ B.mT + M * torch.eye(M, dtype=DT))
+    K0 = torch.randn(2, M, N, generator=g, dtype=DT)
+    m0 = torch.randn(*q_batch, M, generator=g, dtype=DT)
+    C = torch.randn(*q_batch, M, M, generator=g, dtype=DT)
+    S0 = (torch.rand(*q_batch, M, generator=g, dtype=DT) + 0.5 if diagonal
+          else C @ C.mT / M + 0.5 * torch.eye(M, dtype=DT))
+    ld0 = torch.randn(q_batch, generator=g, dtype=DT)
+    w = torch.randn(3, generator=g, dtype=DT)
+
+    def fused(L, K, m, S, ld):
+        mean, var, kl = _Marginals.apply(L.tril(), K, m, S, ld, diagonal)
+        return mean, var, kl
+
+    def reference(L, K, m, S, ld):
+        A = torch.linalg.solve_triangular(L.tril(), K, upper=False)
+        D = torch.diag_embed(S - 1.0) if diagonal else S - torch.eye(M, dtype=DT)
+        mean = (A * m.unsqueeze(-1)).sum(-2)
+        var = (A * (D @ A)).sum(-2)
+        return mean, var, whitened_kl(m, S, ld, diagonal)
+
+    def scalar(out):
+        mean, var, kl = out
+        return w[0] * mean.sin().sum() + w[1] * var.square().sum() + w[2] * kl
+
+    inputs = [t.clone().requires_grad_() for t in (L0, K0, m0, S0, ld0)]
+    got = torch.autograd.grad(scalar(fused(*inputs)), inputs)
+    want = torch.autograd.grad(scalar(reference(*inputs)), inputs)
+    for a, b in zip(fused(*inputs), reference(*inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda *t: scalar(fused(*t)), inputs)
 
 
 def test_marginals_reverse_mode_with_fixed_kernel_blocks_gives_the_same_q_gradients():
@@ -219,7 +264,7 @@ def test_marginals_reverse_mode_with_fixed_kernel_blocks_gives_the_same_q_gradie
     def q_grads(requires_kernel_grad):
         Lr, Kr = (t.clone().requires_grad_(requires_kernel_grad) for t in (L, K))
         mr, Dr = m.clone().requires_grad_(), D.clone().requires_grad_()
-        mean, var = _Marginals.apply(Lr, Kr, mr, Dr)
+        mean, var = _Marginals.apply(Lr, Kr, mr, Dr + torch.eye(M, dtype=DT))
         return torch.autograd.grad((w[0] * mean + w[1] * var).sum(), (mr, Dr))
 
     for a, b in zip(q_grads(False), q_grads(True)):
