@@ -204,9 +204,13 @@ class VariationalGP(nn.Module):
     def _batch(self) -> tuple[int, ...]:
         return (self.num_latent,) if self.num_latent > 1 else ()
 
-    def _prior_mean(self, X: Tensor) -> Tensor:
+    def _plus_prior_mean(self, f: Tensor, X: Tensor) -> Tensor:
+        """``f [*b, N] + μ(X)`` (a ``ZeroMean`` adds nothing: no zeros tensor, no addition)."""
+        if type(self.mean) is gpytorch.means.ZeroMean:
+            shape = (*self._batch, X.shape[-2]) if self.num_latent > 1 else (X.shape[-2],)
+            return f if f.shape == shape else f.expand(torch.broadcast_shapes(f.shape, shape))
         mu = self.mean(X)
-        return mu.expand(*self._batch, X.shape[-2]) if self.num_latent > 1 else mu
+        return f + (mu.expand(*self._batch, X.shape[-2]) if self.num_latent > 1 else mu)
 
     def _to_lik(self, x: Tensor) -> Tensor:
         """``[*b, N]`` -> the likelihood's ``[N]`` or ``[N, L]`` (broadcast shared latents)."""
@@ -237,8 +241,9 @@ class VariationalGP(nn.Module):
             raise ValueError(f"y must have {X.shape[0]} rows like X; got shape {tuple(y.shape)}.")
         f_mean, f_var, kl = self._qf_and_kl(X)
         ve = self.likelihood.variational_expectations(self._to_lik(f_mean), self._to_lik(f_var), y)
-        scale = 1.0 if num_data is None else float(num_data) / X.shape[0]
-        return scale * ve.sum() - kl
+        if num_data is None:
+            return ve.sum() - kl
+        return float(num_data) / X.shape[0] * ve.sum() - kl
 
     def predict_f(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """Marginals of ``q(f)`` at ``X [N, D]``: ``(mean, var)``, ``[N]`` or ``[N, L]``."""

@@ -111,7 +111,7 @@ class SVGP(VariationalGP):
             K_zx, owned = cross_kernel_block(self.kernel, self.inducing_points, X)
             mean, var, kl = marginals(L_zz, K_zx, kernel_diag(self.kernel, X), m_t, S_t, diag,
                                       overwrite_K=owned, logdet=logdet)
-        return mean + self._prior_mean(X), var, kl
+        return self._plus_prior_mean(mean, X), var, kl
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         L_zz = self._chol_prior()

@@ -87,7 +87,7 @@ class VGP(VariationalGP):
             mean, var = (L @ m.unsqueeze(-1)).squeeze(-1), (L.square() * S.unsqueeze(-2)).sum(-1)
         else:
             mean, var = (L @ m.unsqueeze(-1)).squeeze(-1), ((L @ S) * L).sum(-1)
-        return mean + self._prior_mean(X), var, whitened_kl(m_t, S_t, logdet, diag)
+        return self._plus_prior_mean(mean, X), var, whitened_kl(m_t, S_t, logdet, diag)
 
     def predict_f(self, X: Tensor) -> tuple[Tensor, Tensor]:
         X = self._check_X(X)
@@ -95,7 +95,7 @@ class VGP(VariationalGP):
         m_t, S_t, _, diag = self._whitened_q(L)
         K_xs = kernel_matrix(self.kernel, self.X, X)
         mean, var = marginals(L, K_xs, kernel_diag(self.kernel, X), m_t, S_t, diag)
-        mean = mean + self._prior_mean(X)
+        mean = self._plus_prior_mean(mean, X)
         return self._to_lik(mean), self._to_lik(var)
 
     def extra_repr(self) -> str:
