@@ -28,16 +28,18 @@ Methods (each on one thread):
 
 Bernoulli uses the probit link with 20-point Gauss–Hermite everywhere; softmax uses 100 Monte
 Carlo draws per point everywhere (natvi: 50 antithetic pairs; GPyTorch:
-``num_likelihood_samples(100)``; GPflow: ``num_monte_carlo_points = 100``). The torch methods
-are interleaved repeat by repeat in this process (load changes hit them alike); GPflow runs
-right after them in a subprocess, and the pair is repeated (``--rounds``, default 2) so that a
-slow spell of a shared machine falls on both. Medians of the pooled steps after warm-up; ratios
-< 1 mean natvi is cheaper.
+``num_likelihood_samples(100)``; GPflow: ``num_monte_carlo_points = 100``). Every library runs
+its steps back to back, as in its own fit loop: GPflow in its subprocess, and each torch method
+in a block of ``repeats`` steps in this process (``--schedule steps`` instead interleaves the
+torch methods step by step, which puts another model's step, and its memory traffic, between
+two steps of each). The torch blocks and GPflow's run alternate, and the pair is repeated
+(``--rounds``, default 2) so that a slow spell of a shared machine falls on both. Medians of the
+pooled steps after warm-up; ratios < 1 mean natvi is cheaper.
 
 Run: ``python -m benchmarks step_cost [--quick] [--gpflow-python PATH | --install-gpflow DIR]``
 (``--M``, ``--likelihood``, ``--whiten``, ``--dtype`` select part of the grid;
-``--interop-stock`` adds the ``interop_stock`` column; ``--retain-memory`` runs the torch
-methods with :func:`natvi.retain_freed_memory`, glibc's allocator told to keep freed blocks).
+``--schedule steps`` interleaves the torch methods; ``--interop-stock`` adds the
+``interop_stock`` column; ``--retain-memory`` runs the torch methods with :func:`natvi.retain_freed_memory`, glibc's allocator told to keep freed blocks).
 """
 
 from __future__ import annotations
@@ -215,10 +217,12 @@ def gpflow_times(python: Path, p: dict, cfg: dict) -> dict:
 
 
 def measure(p: dict, likelihood: str, whiten: bool, dtype_name: str, repeats: int, warmup: int,
-            gpflow_python: Path | None, interop_stock: bool = False, rounds: int = 1) -> dict:
-    """One row: ``rounds`` times (the torch methods interleaved, ``repeats`` steps each, then
-    GPflow's ``repeats`` in its subprocess), medians over the pooled steps — alternating
-    rounds, so that a slow spell of a shared machine hits the torch methods and GPflow alike."""
+            gpflow_python: Path | None, interop_stock: bool = False, rounds: int = 1,
+            schedule: str = "blocks") -> dict:
+    """One row: ``rounds`` times (the torch methods, ``repeats`` steps each in ``schedule``
+    order, then GPflow's ``repeats`` in its subprocess), medians over the pooled steps —
+    alternating rounds, so that a slow spell of a shared machine hits the torch methods and
+    GPflow alike."""
     dtype = getattr(torch, dtype_name)
     methods = TORCH_METHODS + (("interop_stock",) if interop_stock else ())
     M, N = p["Z"].shape[0], p["X"].shape[0]
@@ -236,23 +240,33 @@ def measure(p: dict, likelihood: str, whiten: bool, dtype_name: str, repeats: in
     gpflow: list[float] = []
     row["gpflow_ms"], row["gpflow_elbo0"] = math.nan, math.nan
 
-    def interleaved(count: int, timed: bool) -> None:
-        """``count`` steps of every torch method that has not failed, one method after another."""
-        for _ in range(count):
-            for name in methods:
-                if name in failed:
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    steps[name]()
-                except Exception as e:  # noqa: BLE001 - a failing method is a result
-                    failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-                if timed:
-                    times[name].append(time.perf_counter() - t0)
+    def one(name: str, timed: bool) -> None:
+        if name in failed:
+            return
+        t0 = time.perf_counter()
+        try:
+            steps[name]()
+        except Exception as e:  # noqa: BLE001 - a failing method is a result
+            failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+        if timed:
+            times[name].append(time.perf_counter() - t0)
 
-    interleaved(warmup, timed=False)
+    def torch_round(count: int, timed: bool) -> None:
+        """``count`` steps of every torch method that has not failed: ``blocks``, each
+        method's steps one after another (as in its own fit loop, and as GPflow's run);
+        ``steps``, one step of each method in turn."""
+        if schedule == "steps":
+            for _ in range(count):
+                for name in methods:
+                    one(name, timed)
+        else:
+            for name in methods:
+                for _ in range(count):
+                    one(name, timed)
+
+    torch_round(warmup, timed=False)
     for _ in range(rounds):
-        interleaved(repeats, timed=True)
+        torch_round(repeats, timed=True)
         if gpflow_python is not None and "gpflow" not in failed:
             cfg = {"M": M, "whiten": whiten, "dtype": dtype_name, "likelihood": likelihood,
                    "classes": p["classes"], "gamma": GAMMA, "repeats": repeats,
@@ -323,6 +337,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=None,
                         help="alternating rounds of (torch methods, GPflow) per row "
                              "(default 2; 1 with --quick)")
+    parser.add_argument("--schedule", choices=("blocks", "steps"), default="blocks",
+                        help="torch methods' order in a round: 'blocks' (default), each "
+                             "method's steps back to back as in a fit loop and as GPflow's; "
+                             "'steps', one step of each method in turn (the protocol before "
+                             "2026-12-03's fifth session)")
     parser.add_argument("--interop-stock", action="store_true",
                         help="also time the interop q under GPyTorch's own VariationalStrategy")
     args = parser.parse_args(argv)
@@ -345,7 +364,8 @@ def main(argv: list[str]) -> int:
                     p = problem(grid["N"], M, likelihood, args.seed)
                     rows.append(measure(p, likelihood, whiten, dtype, grid["repeats"],
                                         grid["warmup"], python, args.interop_stock,
-                                        rounds=args.rounds or (1 if args.quick else 2)))
+                                        rounds=args.rounds or (1 if args.quick else 2),
+                                        schedule=args.schedule))
                     print(_common.markdown_table(rows[-1:]), flush=True)
     d = _common.out_dir(args, NAME)
     _common.write_csv(d / "step_cost.csv", rows)
@@ -353,6 +373,7 @@ def main(argv: list[str]) -> int:
     settings = {
         "quick": args.quick, "grid": grid, "gamma": GAMMA,
         "rounds (torch, then GPflow; pooled)": args.rounds or (1 if args.quick else 2),
+        "torch schedule within a round": args.schedule,
         "data": f"make_classification N={grid['N']}, D=6, standardised; Z = first M points",
         "step": "zero_grad + total ELBO on all N + backward + natural step on q; "
                 "hyperparameters and Z fixed",
