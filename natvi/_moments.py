@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from natvi._linalg import cho_solve_vec, cholesky, cholesky_inverse, symmetrize
+from natvi._validation import all_finite
 
 __all__ = ["precision", "recorded_expectation_gradient", "remember_factor"]
 
@@ -47,8 +48,14 @@ def _round_trip_ok(P: Tensor, S: Tensor, m: Tensor) -> bool:
         scale = S.diagonal(dim1=-2, dim2=-1).sum(-1) + m.square().sum(-1)
         if bool((trace_P * scale < bound).all()):
             return True
+    # (a NaN or an infinity in S or m, or an overflowing m mᵀ, also lands here: every
+    # comparison above is False. Not every Cholesky backend reports a NaN pivot, so the
+    # round-trip matrix's finiteness is checked in so many words.)
     mmT = m.unsqueeze(-1) * m.unsqueeze(-2)
-    _, info = torch.linalg.cholesky_ex((S + mmT) - mmT)
+    back = (S + mmT) - mmT
+    if not all_finite(back):
+        return False
+    _, info = torch.linalg.cholesky_ex(back)
     return bool((info == 0).all())
 
 

@@ -173,3 +173,29 @@ def test_round_trip_check_refuses_a_non_finite_or_overflowing_mean(batch, bad):
     far = theta1.clone()
     far[..., 1] = bad
     assert not Natural().in_domain(far, theta2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e200])
+def test_round_trip_check_refuses_a_non_finite_mean_when_the_cholesky_backend_misses_nan(
+        monkeypatch, bad):
+    """A backend whose Cholesky reports no failure for a NaN pivot (LAPACK does; not every GPU
+    solver is documented to): a non-finite m is still refused, without relying on it."""
+    from natvi._moments import _round_trip_ok
+
+    real = torch.linalg.cholesky_ex
+
+    def blind(A, **kw):
+        L, info = real(A, **kw)
+        return L, torch.where(torch.isnan(A).flatten(-2).any(-1), 0, info)
+
+    theta1, theta2 = (t.detach() for t in _random_natural((), M=5, seed=3))
+    P = -(theta2 + theta2.mT)
+    S = torch.cholesky_inverse(torch.linalg.cholesky(P))
+    m = torch.linalg.solve(P, theta1.unsqueeze(-1)).squeeze(-1)
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", blind)
+    assert _round_trip_ok(P, S, m)
+    m[1] = bad
+    assert not _round_trip_ok(P, S, m)
+    S_bad = S.clone()
+    S_bad[0, 0] = float("nan")
+    assert not _round_trip_ok(P, S_bad, m.nan_to_num(0.0, 0.0, 0.0))
