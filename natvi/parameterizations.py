@@ -108,7 +108,9 @@ class Parameterization:
         factorisations of ``M × M`` matrices; no gradient is taken. Override to declare a
         narrower domain.
         """
-        if not all_finite(*xi):
+        # (natural coordinates: a NaN or an infinity in θ fails the checks below — the Cholesky
+        # of P, or the round trip, whose fallback checks finiteness itself — so no pass first)
+        if not self.natural_coordinates and not all_finite(*xi):
             return False
         try:  # (natural coordinates are θ up to θ2's symmetric part, which P takes below)
             theta1, theta2 = xi if self.natural_coordinates else self.to_natural(*xi)

@@ -199,3 +199,39 @@ def test_round_trip_check_refuses_a_non_finite_mean_when_the_cholesky_backend_mi
     S_bad = S.clone()
     S_bad[0, 0] = float("nan")
     assert not _round_trip_ok(P, S_bad, m.nan_to_num(0.0, 0.0, 0.0))
+
+
+@pytest.mark.parametrize("blind", [False, True])
+@pytest.mark.parametrize("batch", [(), (2,)])
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_natural_in_domain_refuses_every_non_finite_theta(monkeypatch, blind, batch, diagonal):
+    """Natural coordinates take no finiteness pass before the Cholesky: a NaN or ±inf anywhere
+    in θ1 or θ2 is refused all the same — also by a Cholesky backend that misses NaN pivots."""
+    from natvi.parameterizations import DiagNatural
+
+    if blind:
+        real = torch.linalg.cholesky_ex
+
+        def blind_cholesky(A, **kw):
+            L, info = real(A, **kw)
+            return L, torch.where(torch.isnan(A).flatten(-2).any(-1), 0, info)
+
+        monkeypatch.setattr(torch.linalg, "cholesky_ex", blind_cholesky)
+    M_ = 4
+    theta1, theta2 = (t.detach() for t in _random_natural(batch, M=M_, seed=4))
+    p = Natural()
+    if diagonal:
+        p, theta2 = DiagNatural(), theta2.diagonal(dim1=-2, dim2=-1).clone()
+    assert p.in_domain(theta1, theta2)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for i in range(M_):
+            t1 = theta1.clone()
+            t1[..., i] = bad
+            assert not p.in_domain(t1, theta2), (bad, "theta1", i)
+            for j in ([i] if diagonal else range(M_)):
+                t2 = theta2.clone()
+                if diagonal:
+                    t2[..., i] = bad
+                else:
+                    t2[..., i, j] = bad
+                assert not p.in_domain(theta1, t2), (bad, "theta2", i, j)
