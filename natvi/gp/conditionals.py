@@ -255,7 +255,8 @@ class _Marginals(torch.autograd.Function):
         B_t = A_t @ D  # (D A)ᵀ, D symmetric
         ctx.save_for_backward(L, A_t, m, D)
         ctx.diagonal = diagonal
-        mean = (A_t @ m.unsqueeze(-1)).squeeze(-1)
+        flat = A_t.dim() == 2 and m.dim() == 1  # (one latent: a matrix-vector product)
+        mean = torch.mv(A_t, m) if flat else (A_t @ m.unsqueeze(-1)).squeeze(-1)
         var = B_t.mul_(A_t).sum(-1)
         if logdet is None:
             return mean, var
@@ -275,7 +276,10 @@ class _Marginals(torch.autograd.Function):
         L, A_t, m, D = ctx.saved_tensors
         need_L, need_K, need_m, need_S, need_ld = (*ctx.needs_input_grad[:5], False)[:5]
         AG_t = A_t * g_var.unsqueeze(-1)  # (A G)ᵀ
-        m_bar = (g_mean.unsqueeze(-2) @ A_t).squeeze(-2) if need_L or need_m else None
+        m_bar = None
+        if need_L or need_m:
+            m_bar = (torch.mv(A_t.mT, g_mean) if A_t.dim() == 2 else
+                     (g_mean.unsqueeze(-2) @ A_t).squeeze(-2))
         D_bar = A_t.mT @ AG_t if need_L or need_S else None
         K_bar = L_bar = ld_bar = None
         if need_K:  # fixed hyperparameters and Z: skipped (an O(N M²) product)
