@@ -297,27 +297,46 @@ def measure(p: dict, likelihood: str, whiten: bool, dtype_name: str, repeats: in
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    keys = sorted({(r["likelihood"], r["whiten"], r["dtype"]) for r in rows}, key=str)
-    for i, key in enumerate(keys):
-        sub = [r for r in rows if (r["likelihood"], r["whiten"], r["dtype"]) == key]
-        label = f"{key[0]}, {'whitened' if key[1] else 'unwhitened'}, {key[2]}"
-        Ms = [r["M"] for r in sub]
-        for j, name in enumerate(("natvi", "gpytorch", "gpflow", "natvi_recomputed")):
-            axes[0].loglog(Ms, [r[f"{name}_ms"] for r in sub], marker="o", color=f"C{j}",
-                           ls=["-", "--", ":", "-."][i % 4], label=f"{name}: {label}")
-        axes[1].semilogx(Ms, [r["natvi / fastest peer"] for r in sub], marker="o",
-                         color=f"C{i}", label=label)
-        axes[1].semilogx(Ms, [r["natvi_recomputed / fastest peer"] for r in sub], marker="o",
-                         mfc="none", ls=":", color=f"C{i}", label=f"{label}, recomputed")
-    axes[1].axhline(0.8, color="k", ls=":", lw=1, label="target 0.8")
-    axes[1].axhline(1.0, color="gray", lw=0.5)
-    axes[0].set_ylabel("ms per natural step (median)")
-    axes[1].set_ylabel("natvi / fastest peer")
-    for ax in axes:
-        ax.set_xlabel("M (inducing points)")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+    """One column per (likelihood, dtype): ms per step of every method (top; whitened solid,
+    unwhitened dashed) and the ratios against the targets (bottom); a missing point is a
+    method that failed there (the CSV says why)."""
+    panels = sorted({(r["likelihood"], r["dtype"]) for r in rows}, key=str)
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels) + 1.0, 6.6),
+                             sharex=True, squeeze=False)
+    methods = (("natvi", "natvi"), ("natvi_recomputed", "natvi, prior recomputed"),
+               ("interop", "natvi interop (GPyTorch model)"), ("gpytorch", "GPyTorch NGD"),
+               ("gpflow", "GPflow NaturalGradient"))
+    ratios = (("natvi / fastest peer", "natvi / fastest peer", "C0", "o"),
+              ("natvi_recomputed / fastest peer", "recomputed / fastest peer", "C1", "s"),
+              ("interop / gpytorch", "interop / GPyTorch NGD", "C2", "^"))
+    for col, (likelihood, dtype) in enumerate(panels):
+        top, bottom = axes[0, col], axes[1, col]
+        for whiten, ls in ((True, "-"), (False, "--")):
+            sub = sorted((r for r in rows if (r["likelihood"], r["dtype"], r["whiten"])
+                          == (likelihood, dtype, whiten)), key=lambda r: r["M"])
+            if not sub:
+                continue
+            Ms = [r["M"] for r in sub]
+            for j, (name, _) in enumerate(methods):
+                top.loglog(Ms, [r.get(f"{name}_ms", math.nan) for r in sub], marker="o", ms=3,
+                           color=f"C{j}", ls=ls)
+            for key, _, color, marker in ratios:
+                bottom.semilogx(Ms, [r.get(key, math.nan) for r in sub], marker=marker, ms=4,
+                                color=color, ls=ls, mfc="none" if not whiten else color)
+        bottom.axhline(0.8, color="k", ls=":", lw=1)
+        bottom.axhline(1.0, color="gray", lw=0.5)
+        top.set_title(f"{likelihood}, {dtype}", fontsize=10)
+        bottom.set_xlabel("M (inducing points)")
+    axes[0, 0].set_ylabel("ms per natural step (median)")
+    axes[1, 0].set_ylabel("ratio (target ≤ 0.8, dotted)")
+    handles = [plt.Line2D([], [], color=f"C{j}", marker="o", ms=3, label=label)
+               for j, (_, label) in enumerate(methods)]
+    handles += [plt.Line2D([], [], color=color, marker=marker, ms=4, label=label)
+                for _, label, color, marker in ratios]
+    handles += [plt.Line2D([], [], color="gray", ls="-", label="whitened q"),
+                plt.Line2D([], [], color="gray", ls="--", label="unwhitened q")]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     _common.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
