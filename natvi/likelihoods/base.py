@@ -105,7 +105,7 @@ def variance_gradient(
     where ``v = 0`` (autodiff would give ``∞ · 0``) the limit ``at_zero()``, i.e.
     ``½ ∂²_f log p(μ)`` (called only when some ``v ≤ 0``), and 0 where ``v < 0`` (the variance
     is clamped to 0). Shared by the fused Gauss–Hermite and softmax Monte Carlo expectations."""
-    if f_var.numel() and float(f_var.min()) > 0:  # (the usual case: two passes, no masks)
+    if not f_var.numel() or float(f_var.min()) > 0:  # (the usual case: two passes, no masks)
         return (g_sd / sd).mul_(0.5)
     positive = f_var > 0
     g_var = g_sd / (2.0 * torch.where(positive, sd, 1.0))
