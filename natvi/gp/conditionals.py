@@ -261,13 +261,7 @@ class _Marginals(torch.autograd.Function):
         if logdet is None:
             return mean, var
         ctx.logdet_shape = logdet.shape
-        M = m.shape[-1]
-        if m.dim() == 1 and not diagonal:  # (the unbatched q: four small operations)
-            kl = torch.dot(m, m).add_(S.trace()).sub_(logdet).sub_(M).mul_(0.5)
-        else:
-            trace = S.sum(-1) if diagonal else S.diagonal(dim1=-2, dim2=-1).sum(-1)
-            kl = (trace + m.square().sum(-1) - M - logdet).sum().mul_(0.5)
-        return mean, var, kl
+        return mean, var, whitened_kl(m, S, logdet, diagonal)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -372,7 +366,10 @@ def marginals(
 
 
 def whitened_kl(m_t: Tensor, S_t: Tensor, logdet_S_t: Tensor, diagonal: bool) -> Tensor:
-    """``KL(N(m̃, S̃) ‖ N(0, I))`` summed over batch dimensions (a scalar)."""
-    trace = S_t.sum(-1) if diagonal else S_t.diagonal(dim1=-2, dim2=-1).sum(-1)
+    """``KL(N(m̃, S̃) ‖ N(0, I)) = ½ Σ (tr S̃ + m̃ᵀm̃ − M − log det S̃)`` summed over batch
+    dimensions (a scalar)."""
     M = m_t.shape[-1]
+    if m_t.dim() == 1 and not diagonal:  # (the unbatched q: four small operations)
+        return torch.dot(m_t, m_t).add_(S_t.trace()).sub_(logdet_S_t).sub_(M).mul_(0.5)
+    trace = S_t.sum(-1) if diagonal else S_t.diagonal(dim1=-2, dim2=-1).sum(-1)
     return 0.5 * (trace + m_t.square().sum(-1) - M - logdet_S_t).sum()

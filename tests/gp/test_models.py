@@ -208,7 +208,7 @@ def test_marginals_with_the_kl_in_the_same_node_match_autodiff(diagonal, q_batch
     """The fused KL: values and every gradient (L, K, m̃, S̃, log det) equal to autodiff of the
     marginals written out plus :func:`whitened_kl`, with a q shared across a batch of two
     kernels (q_batch ()) or one q per kernel; and gradcheck."""
-    from natvi.gp.conditionals import _Marginals, whitened_kl
+    from natvi.gp.conditionals import _Marginals
 
     g = torch.Generator().manual_seed(3)
     M, N = 4, 7
@@ -231,7 +231,8 @@ def test_marginals_with_the_kl_in_the_same_node_match_autodiff(diagonal, q_batch
         D = torch.diag_embed(S - 1.0) if diagonal else S - torch.eye(M, dtype=DT)
         mean = (A * m.unsqueeze(-1)).sum(-2)
         var = (A * (D @ A)).sum(-2)
-        return mean, var, whitened_kl(m, S, ld, diagonal)
+        trace = S.sum(-1) if diagonal else S.diagonal(dim1=-2, dim2=-1).sum(-1)
+        return mean, var, 0.5 * (trace + (m * m).sum(-1) - M - ld).sum()
 
     def scalar(out):
         mean, var, kl = out
@@ -301,3 +302,26 @@ def test_marginals_solved_in_the_kernel_blocks_memory_equal_the_copying_solve():
     Kg = K.mT.clone().mT.requires_grad_()
     marginals(L, Kg, kxx, m, S, False, overwrite_K=True)
     assert torch.equal(Kg.detach(), K)
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_whitened_kl_equals_torch_kl_divergence_with_its_gradients(batch):
+    """``whitened_kl`` (its unbatched four-operation form and the batched one) against
+    ``torch.distributions.kl_divergence`` to N(0, I): value and gradients in m̃ and S̃."""
+    from torch.distributions import MultivariateNormal, kl_divergence
+
+    from natvi.gp.conditionals import whitened_kl
+
+    g = torch.Generator().manual_seed(5)
+    M = 4
+    C = torch.randn(*batch, M, M, generator=g, dtype=DT)
+    S0 = C @ C.mT / M + 0.5 * torch.eye(M, dtype=DT)
+    m0 = torch.randn(*batch, M, generator=g, dtype=DT)
+    m, S = m0.clone().requires_grad_(), S0.clone().requires_grad_()
+    kl = whitened_kl(m, S, torch.logdet(S), False)
+    prior = MultivariateNormal(torch.zeros(M, dtype=DT), torch.eye(M, dtype=DT))
+    m2, S2 = m0.clone().requires_grad_(), S0.clone().requires_grad_()
+    ref = kl_divergence(MultivariateNormal(m2, 0.5 * (S2 + S2.mT)), prior).sum()
+    torch.testing.assert_close(kl, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(kl, (m, S)), torch.autograd.grad(ref, (m2, S2))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
