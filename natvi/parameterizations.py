@@ -126,7 +126,7 @@ class Parameterization:
         if bool(info.any()):
             return False
         S, m = cholesky_inverse(L_P), cho_solve_vec(theta1, L_P)  # (no derivative taken here)
-        ok = _round_trip_ok(P, S, m)  # (False for a non-finite m: its bound and Cholesky fail)
+        ok = _round_trip_ok(P, S, m)  # (False for a non-finite S or m: the fallback checks)
         if ok and self.natural_coordinates:  # only Natural's forward pass reads it
             remember_factor(theta1, theta2, L_P, S, m)
         return ok

@@ -35,6 +35,7 @@ __all__ = [
     "solve_block",
     "marginals",
     "fixed_kernel_state",
+    "standard_kl",
     "whitened_kl",
 ]
 
@@ -268,7 +269,8 @@ class _Marginals(torch.autograd.Function):
     def backward(ctx, g_mean: Tensor, g_var: Tensor, g_kl: Tensor | None = None
                  ) -> tuple[Tensor | None, ...]:
         L, A_t, m, D = ctx.saved_tensors
-        need_L, need_K, need_m, need_S, need_ld = (*ctx.needs_input_grad[:5], False)[:5]
+        need_L, need_K, need_m, need_S = ctx.needs_input_grad[:4]
+        need_ld = g_kl is not None and ctx.needs_input_grad[4]  # (logdet given: a KL output)
         AG_t = A_t * g_var.unsqueeze(-1)  # (A G)ᵀ
         m_bar = None
         if need_L or need_m:
@@ -279,10 +281,8 @@ class _Marginals(torch.autograd.Function):
         if need_K:  # fixed hyperparameters and Z: skipped (an O(N M²) product)
             # K̄ = L⁻ᵀ Ā = (L⁻ᵀ m̃) ḡ_meanᵀ + 2 (L⁻ᵀ D) A G: a GEMM instead of an N-column solve,
             # formed as K̄ᵀ (contiguous [N, M]) and handed back transposed
-            Lt_m = torch.linalg.solve_triangular(L.mT, m.unsqueeze(-1).expand(
-                *A_t.shape[:-2], -1, 1), upper=True)
-            Lt_D = torch.linalg.solve_triangular(L.mT, D.expand(*A_t.shape[:-2], -1, -1),
-                                                 upper=True)
+            Lt_m = torch.linalg.solve_triangular(L.mT, m.unsqueeze(-1), upper=True)
+            Lt_D = torch.linalg.solve_triangular(L.mT, D, upper=True)  # (both broadcast)
             K_bar = (AG_t @ (2.0 * Lt_D.mT)).addcmul_(g_mean.unsqueeze(-1), Lt_m.mT).mT
         if need_L:
             inner = m.unsqueeze(-1) * m_bar.unsqueeze(-2) + 2.0 * D @ D_bar
@@ -365,11 +365,17 @@ def marginals(
     return (out[0], kxx + out[1], *out[2:])
 
 
-def whitened_kl(m_t: Tensor, S_t: Tensor, logdet_S_t: Tensor, diagonal: bool) -> Tensor:
-    """``KL(N(m̃, S̃) ‖ N(0, I)) = ½ Σ (tr S̃ + m̃ᵀm̃ − M − log det S̃)`` summed over batch
-    dimensions (a scalar)."""
+def standard_kl(m_t: Tensor, S_t: Tensor, logdet_S_t: Tensor, diagonal: bool) -> Tensor:
+    """``KL(N(m̃, S̃) ‖ N(0, I)) = ½ (tr S̃ + m̃ᵀm̃ − M − log det S̃)`` per batch element,
+    ``[*b]`` (``S̃`` full ``[*b, M, M]``, or its diagonal ``[*b, M]`` when ``diagonal``)."""
     M = m_t.shape[-1]
     if m_t.dim() == 1 and not diagonal:  # (the unbatched q: four small operations)
         return torch.dot(m_t, m_t).add_(S_t.trace()).sub_(logdet_S_t).sub_(M).mul_(0.5)
     trace = S_t.sum(-1) if diagonal else S_t.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return 0.5 * (trace + m_t.square().sum(-1) - M - logdet_S_t).sum()
+    return 0.5 * (trace + m_t.square().sum(-1) - M - logdet_S_t)
+
+
+def whitened_kl(m_t: Tensor, S_t: Tensor, logdet_S_t: Tensor, diagonal: bool) -> Tensor:
+    """:func:`standard_kl` summed over batch dimensions (a scalar)."""
+    kl = standard_kl(m_t, S_t, logdet_S_t, diagonal)
+    return kl if kl.dim() == 0 else kl.sum()

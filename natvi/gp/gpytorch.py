@@ -88,6 +88,7 @@ from natvi.gp.conditionals import (
     kernel_matrix,
     marginals,
     minus_identity,
+    standard_kl,
     whiten_q,
 )
 from natvi.optim.natural_gradient import NaturalGradient
@@ -207,8 +208,7 @@ def _factored(S: Tensor, diagonal: bool):
 
 def _standard_kl(m: Tensor, S: Tensor, logdet: Tensor) -> Tensor:
     """``KL(N(m, S) ‖ N(0, I)) [*b]``; ``S`` full ``[*b, M, M]`` or variances ``[*b, M]``."""
-    trace = S.sum(-1) if S.dim() == m.dim() else S.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return 0.5 * (trace + m.square().sum(-1) - m.shape[-1] - logdet)
+    return standard_kl(m, S, logdet, S.dim() == m.dim())
 
 
 class _KnownDiagonal(MatmulLinearOperator):

@@ -17,19 +17,25 @@ def _inputs(N=40, seed=0):
     return f_mean.requires_grad_(), f_var.requires_grad_(), y
 
 
+def _assert_same_values_and_gradients(fused, ref, inputs, g_out, grad_atol):
+    """A fused expectation against its autodiff reference: values to 1e-13, gradients (for the
+    upstream gradient ``g_out``) to rtol 1e-11 and ``grad_atol``."""
+    torch.testing.assert_close(fused, ref, rtol=1e-13, atol=1e-13)
+    got = torch.autograd.grad(fused, inputs, g_out)
+    want = torch.autograd.grad(ref, inputs, g_out)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=grad_atol)
+
+
 @pytest.mark.parametrize("link", ["probit", "logit"])
 def test_fused_values_and_gradients_equal_autodiff_of_the_quadrature(link):
     lik = Bernoulli(link=link)
     assert lik.analytic_derivatives
     f_mean, f_var, y = _inputs()
     g_out = torch.randn(f_mean.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    fused = lik.variational_expectations(f_mean, f_var, y)
-    ref = lik.quadrature_expectations(f_mean, f_var, y)
-    torch.testing.assert_close(fused, ref, rtol=1e-13, atol=1e-13)
-    got = torch.autograd.grad(fused, (f_mean, f_var), g_out)
-    want = torch.autograd.grad(ref, (f_mean, f_var), g_out)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+    _assert_same_values_and_gradients(
+        lik.variational_expectations(f_mean, f_var, y),
+        lik.quadrature_expectations(f_mean, f_var, y), (f_mean, f_var), g_out, grad_atol=1e-12)
 
 
 @pytest.mark.parametrize("link", ["probit", "logit"])
@@ -196,13 +202,9 @@ def test_fused_softmax_monte_carlo_equals_autodiff_of_the_same_draws():
     lik = Softmax(3, num_samples=40)
     f_mean, f_var, y = _softmax_inputs()
     g_out = torch.randn(80, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    fused = lik.variational_expectations(f_mean, f_var, y)
-    ref = lik.monte_carlo_expectations(f_mean, f_var, y)
-    torch.testing.assert_close(fused, ref, rtol=1e-13, atol=1e-13)
-    got = torch.autograd.grad(fused, (f_mean, f_var), g_out)
-    want = torch.autograd.grad(ref, (f_mean, f_var), g_out)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+    _assert_same_values_and_gradients(
+        lik.variational_expectations(f_mean, f_var, y),
+        lik.monte_carlo_expectations(f_mean, f_var, y), (f_mean, f_var), g_out, grad_atol=1e-13)
 
 
 def test_fused_softmax_at_zero_variance_takes_the_limit():
