@@ -13,7 +13,22 @@ from torch import Tensor
 from natvi._validation import check_finite
 
 __all__ = ["symmetrize", "cholesky", "cho_inverse", "cho_solve_vec", "cholesky_inverse",
-           "batch_shape"]
+           "batch_shape", "identity"]
+
+# Identity matrices by (n, dtype, device), for hot paths that subtract or add one every step
+# (building ``torch.eye`` costs an allocation and a fill each time). Read-only: never written.
+_IDENTITY: dict[tuple, Tensor] = {}
+
+
+def identity(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The ``n × n`` identity (a shared tensor: use it as an operand, never write to it)."""
+    key = (n, dtype, device)
+    eye = _IDENTITY.get(key)
+    if eye is None:
+        if len(_IDENTITY) >= 64:  # (sizes seen in one process are few; stay bounded anyway)
+            _IDENTITY.clear()
+        eye = _IDENTITY[key] = torch.eye(n, dtype=dtype, device=device)
+    return eye
 
 
 def symmetrize(A: Tensor) -> Tensor:

@@ -39,3 +39,12 @@ def test_batch_shape_agrees_with_torch():
         assert batch_shape(*shapes) == torch.broadcast_shapes(*shapes)
     with pytest.raises(RuntimeError):
         batch_shape((2,), (3,))
+
+
+def test_identity_is_the_identity_and_shared_per_size_dtype_and_device():
+    from natvi._linalg import identity
+
+    eye = identity(4, torch.float32, torch.device("cpu"))
+    assert torch.equal(eye, torch.eye(4)) and eye.dtype == torch.float32
+    assert identity(4, torch.float32, torch.device("cpu")) is eye
+    assert identity(4, torch.float64, torch.device("cpu")) is not eye

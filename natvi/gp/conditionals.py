@@ -22,7 +22,7 @@ import torch
 from linear_operator import to_dense
 from torch import Tensor
 
-from natvi._linalg import batch_shape, cholesky
+from natvi._linalg import batch_shape, cholesky, identity
 
 __all__ = [
     "kernel_matrix",
@@ -92,11 +92,17 @@ def fixed_kernel_state(kernel: gpytorch.kernels.Kernel, X: Tensor) -> tuple | No
     ``None`` (also for every kernel that goes through GPyTorch, whose state natvi does not
     know). Two states with the same objects and equal values give the same blocks."""
     form = _stationary_form(kernel, X)
-    if form is None or (torch.is_grad_enabled()
-                        and any(p.requires_grad for p in kernel.parameters())):
+    if form is None:
         return None
     base, scaled, nu = form
-    return kernel, base, nu, base.lengthscale, None if scaled is None else scaled.outputscale
+    # (the closed form reads these two parameters only: a gradient to them means not fixed)
+    raw_ls = base.raw_lengthscale
+    raw_os = None if scaled is None else scaled.raw_outputscale
+    if torch.is_grad_enabled() and (raw_ls.requires_grad
+                                    or (raw_os is not None and raw_os.requires_grad)):
+        return None
+    return (kernel, base, nu, base.raw_lengthscale_constraint.transform(raw_ls),
+            None if scaled is None else scaled.raw_outputscale_constraint.transform(raw_os))
 
 
 _MATERN_NU = (0.5, 1.5, 2.5)
@@ -322,7 +328,7 @@ def minus_identity(S_t: Tensor, diagonal: bool) -> Tensor:
     ``[*b, M]`` when ``diagonal``."""
     if diagonal:
         return torch.diag_embed(S_t - 1.0)
-    return S_t - torch.eye(S_t.shape[-1], dtype=S_t.dtype, device=S_t.device)
+    return S_t - identity(S_t.shape[-1], S_t.dtype, S_t.device)
 
 
 def marginals(

@@ -97,8 +97,10 @@ class Bernoulli(Likelihood):
         return labels
 
     def check_y(self, y: Tensor) -> Tensor:
-        check_finite("y", y)
-        if not bool(((y == 0) | (y == 1)).all()):
+        # y holds only 0 and 1 exactly when it equals its own indicator y ≠ 0 (a NaN or an
+        # infinity does not): one comparison for both checks on the per-step path
+        if not (torch.is_tensor(y) and torch.equal(y, y.ne(0).to(y.dtype))):
+            check_finite("y", y)
             bad = y[(y != 0) & (y != 1)][0]
             raise ValueError(
                 f"y must contain only 0 and 1 for the Bernoulli likelihood; found {float(bad):g}. "

@@ -117,6 +117,23 @@ def test_nothing_is_kept_when_a_gradient_flows_to_the_prior():
     assert torch.equal(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("learned", ["base_kernel.raw_lengthscale", "raw_outputscale"])
+def test_a_gradient_to_either_kernel_parameter_alone_is_seen(learned):
+    X, y = _data()
+    models = []
+    for reuse in (True, False):
+        m = _svgp(X, reuse=reuse)
+        m.kernel.get_parameter(learned).requires_grad_(True)
+        models.append(m)
+    kept, fresh = models
+    for _ in range(2):
+        a, b = _elbo_and_grads(kept, X, y), _elbo_and_grads(fresh, X, y)
+        _assert_same(a, b)
+        assert kept._kept() == {}
+    grad = kept.kernel.get_parameter(learned).grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
 def test_dtype_change_and_state_dict_load_are_seen():
     X, y = _data()
     kept, fresh = _svgp(X), _svgp(X, reuse=False)

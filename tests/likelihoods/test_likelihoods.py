@@ -165,3 +165,25 @@ def test_bad_shapes_and_parameters_raise():
     lik = L.Gaussian(noise=0.25)
     assert abs(float(lik.noise.detach()) - 0.25) < 1e-15
     assert lik.num_latent == 1 and L.Softmax(4).num_latent == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.int64, torch.bool])
+def test_bernoulli_accepts_zero_one_labels_of_any_dtype(dtype):
+    from natvi.likelihoods import Bernoulli
+
+    y = torch.tensor([0, 1, 1, 0]).to(dtype)
+    assert Bernoulli().check_y(y) is y
+
+
+@pytest.mark.parametrize("bad, message", [
+    (0.5, "only 0 and 1 .*found 0.5"), (-1.0, "only 0 and 1 .*found -1"),
+    (2.0, "only 0 and 1 .*found 2"), (float("nan"), "y contains NaN"),
+    (float("inf"), "y contains infinite"), (-float("inf"), "y contains infinite"),
+])
+def test_bernoulli_rejects_other_labels_with_the_value_named(bad, message):
+    from natvi.likelihoods import Bernoulli
+
+    for dtype in (torch.float64, torch.float32):
+        y = torch.tensor([0.0, 1.0, bad, 1.0], dtype=dtype)
+        with pytest.raises(ValueError, match=message):
+            Bernoulli().check_y(y)
