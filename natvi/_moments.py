@@ -18,7 +18,9 @@ from torch import Tensor
 from natvi._linalg import cho_solve_vec, cholesky, cholesky_inverse, symmetrize
 from natvi._validation import all_finite
 
-__all__ = ["precision", "recorded_expectation_gradient", "remember_factor"]
+__all__ = ["natural_moments", "natural_moments_backward", "precision",
+           "record_expectation_gradient", "recorded_expectation_gradient", "remember_factor",
+           "version_refs"]
 
 
 def precision(theta2: Tensor) -> Tensor:
@@ -116,54 +118,74 @@ class _NaturalMoments(torch.autograd.Function):
 
     @staticmethod
     def forward(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        L_P, S, m = _natural_moments(theta1, theta2)
-        return m, S, L_P.diagonal(dim1=-2, dim2=-1).log().sum(-1).mul_(-2.0)
+        return natural_moments(theta1, theta2)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         theta1, theta2 = inputs
         m, S, _ = output
         ctx.save_for_backward(theta1, theta2, m, S)
-        try:
-            ctx.refs = (weakref.ref(theta1), weakref.ref(theta2), theta1._version,
-                        theta2._version)
-        except (RuntimeError, TypeError):  # e.g. functorch-wrapped tensors: nothing to record
-            ctx.refs = None
+        ctx.refs = version_refs(theta1, theta2)
         ctx.set_materialize_grads(False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_m: Tensor | None, g_S: Tensor | None, g_ld: Tensor | None):
         theta1, theta2, m, S = ctx.saved_tensors
-        if g_m is None:
-            g_m = torch.zeros_like(m)
-        if g_ld is None:
-            g_ld = torch.zeros(m.shape[:-1], dtype=m.dtype, device=m.device)
-        flat = m.dim() == 1  # an unbatched q: vector products, no broadcasting views
-        ld = g_ld if flat else g_ld[..., None, None]
-        a = torch.mv(S, g_m) if flat else (S @ g_m.unsqueeze(-1)).squeeze(-1)  # S ḡ_m
-        T = torch.outer(a, m) if flat else a.unsqueeze(-1) * m.unsqueeze(-2)  # a mᵀ
-        ld1 = g_ld if flat else g_ld.unsqueeze(-1)
-        if g_S is None:
-            eta1 = g_m.addcmul(theta1, ld1, value=-2.0)
-            eta2 = (theta2 + theta2.mT).mul_(-ld)  # ḡ_ld P
-        else:
-            G = symmetrize(g_S)
-            SG = S @ G
-            T = torch.addmm(T, SG, S) if flat else (
-                torch.baddbmm(T, SG, S) if T.dim() == 3 else SG @ S + T)
-            Gm = torch.mv(G, m) if flat else (G @ m.unsqueeze(-1)).squeeze(-1)
-            eta1 = torch.add(g_m, Gm, alpha=-2.0).addcmul_(theta1, ld1, value=-2.0)
-            eta2 = torch.addcmul(G, theta2 + theta2.mT, -ld)  # G + ḡ_ld P
-        # T + Tᵀ = a mᵀ + m aᵀ + 2 sym(S G S), symmetric bit for bit; then + 2 ḡ_ld S
-        grad2 = (T + T.mT).addcmul_(S, ld, value=2.0)
-        grad1, grad2, eta1, eta2 = (g if g.shape == t.shape else g.expand_as(t) for g, t in (
-            (a, theta1), (grad2, theta2), (eta1, theta1), (eta2, theta2)))
-        _remember(ctx.refs, grad1, grad2, eta1, eta2)
+        grad1, grad2, eta1, eta2 = natural_moments_backward(theta1, theta2, m, S, g_m, g_S, g_ld)
+        record_expectation_gradient(ctx.refs, grad1, grad2, eta1, eta2)
         return grad1, grad2
 
 
-def _remember(refs: tuple | None, *grads: Tensor) -> None:
+def natural_moments(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(m, S, log det S)`` of natural parameters, no autograd (:class:`_NaturalMoments`'
+    forward pass; in_domain's factor when it factorised this very q)."""
+    L_P, S, m = _natural_moments(theta1, theta2)
+    return m, S, L_P.diagonal(dim1=-2, dim2=-1).log().sum(-1).mul_(-2.0)
+
+
+def natural_moments_backward(
+    theta1: Tensor, theta2: Tensor, m: Tensor, S: Tensor,
+    g_m: Tensor | None, g_S: Tensor | None, g_ld: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(∇_θ1 L, ∇_θ2 L, ∇_η1 L, ∇_η2 L)`` from the gradients ``(ḡ_m, ḡ_S, ḡ_ld)`` of
+    ``(m, S, log det S)`` (:class:`_NaturalMoments`' formulas; ``None`` means zero)."""
+    if g_m is None:
+        g_m = torch.zeros_like(m)
+    if g_ld is None:
+        g_ld = torch.zeros(m.shape[:-1], dtype=m.dtype, device=m.device)
+    flat = m.dim() == 1  # an unbatched q: vector products, no broadcasting views
+    ld = g_ld if flat else g_ld[..., None, None]
+    a = torch.mv(S, g_m) if flat else (S @ g_m.unsqueeze(-1)).squeeze(-1)  # S ḡ_m
+    T = torch.outer(a, m) if flat else a.unsqueeze(-1) * m.unsqueeze(-2)  # a mᵀ
+    ld1 = g_ld if flat else g_ld.unsqueeze(-1)
+    if g_S is None:
+        eta1 = g_m.addcmul(theta1, ld1, value=-2.0)
+        eta2 = (theta2 + theta2.mT).mul_(-ld)  # ḡ_ld P
+    else:
+        G = symmetrize(g_S)
+        SG = S @ G
+        T = torch.addmm(T, SG, S) if flat else (
+            torch.baddbmm(T, SG, S) if T.dim() == 3 else SG @ S + T)
+        Gm = torch.mv(G, m) if flat else (G @ m.unsqueeze(-1)).squeeze(-1)
+        eta1 = torch.add(g_m, Gm, alpha=-2.0).addcmul_(theta1, ld1, value=-2.0)
+        eta2 = torch.addcmul(G, theta2 + theta2.mT, -ld)  # G + ḡ_ld P
+    # T + Tᵀ = a mᵀ + m aᵀ + 2 sym(S G S), symmetric bit for bit; then + 2 ḡ_ld S
+    grad2 = (T + T.mT).addcmul_(S, ld, value=2.0)
+    return tuple(g if g.shape == t.shape else g.expand_as(t) for g, t in (
+        (a, theta1), (grad2, theta2), (eta1, theta1), (eta2, theta2)))
+
+
+def version_refs(theta1: Tensor, theta2: Tensor) -> tuple | None:
+    """What :func:`recorded_expectation_gradient` later checks θ against: weak references and
+    version counters (``None`` where there are none, e.g. functorch-wrapped tensors)."""
+    try:
+        return weakref.ref(theta1), weakref.ref(theta2), theta1._version, theta2._version
+    except (RuntimeError, TypeError):
+        return None
+
+
+def record_expectation_gradient(refs: tuple | None, *grads: Tensor) -> None:
     """Record ``(∇_θ1, ∇_θ2, ∇_η1, ∇_η2)`` of the backward pass at the θ of ``refs``. ``∇_θ`` is
     handed to autograd as it is: if ``.grad`` takes it over and a later pass accumulates into
     it, its version counter moves and the record no longer matches."""

@@ -227,6 +227,11 @@ class VariationalGP(nn.Module):
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
 
+    def _fused_elbo(self, X: Tensor, y: Tensor, num_data: int | None) -> Tensor | None:
+        """The ELBO as one closed-form autograd node where the model allows it
+        (:mod:`natvi.gp.fused`), else ``None`` (then node by node)."""
+        return None
+
     def elbo(self, X: Tensor, y: Tensor, num_data: int | None = None) -> Tensor:
         """The total ELBO, a scalar tensor, differentiable in every parameter.
 
@@ -239,6 +244,9 @@ class VariationalGP(nn.Module):
         X = self._check_X(X)
         if y.shape[:1] != X.shape[:1]:
             raise ValueError(f"y must have {X.shape[0]} rows like X; got shape {tuple(y.shape)}.")
+        fused = self._fused_elbo(X, y, num_data)
+        if fused is not None:
+            return fused
         f_mean, f_var, kl = self._qf_and_kl(X)
         ve = self.likelihood.variational_expectations(self._to_lik(f_mean), self._to_lik(f_var), y)
         if num_data is None:

@@ -258,13 +258,9 @@ class _Marginals(torch.autograd.Function):
             A_t = solved
         else:
             A_t = solve_block(L, K, overwrite and not ctx.needs_input_grad[1])
-        D = minus_identity(S, diagonal)
-        B_t = A_t @ D  # (D A)ᵀ, D symmetric
+        mean, var, D = marginals_forward(A_t, m, S, diagonal)
         ctx.save_for_backward(L, A_t, m, D)
         ctx.diagonal = diagonal
-        flat = A_t.dim() == 2 and m.dim() == 1  # (one latent: a matrix-vector product)
-        mean = torch.mv(A_t, m) if flat else (A_t @ m.unsqueeze(-1)).squeeze(-1)
-        var = B_t.mul_(A_t).sum(-1)
         if logdet is None:
             return mean, var
         ctx.logdet_shape = logdet.shape
@@ -277,40 +273,67 @@ class _Marginals(torch.autograd.Function):
         L, A_t, m, D = ctx.saved_tensors
         need_L, need_K, need_m, need_S = ctx.needs_input_grad[:4]
         need_ld = g_kl is not None and ctx.needs_input_grad[4]  # (logdet given: a KL output)
-        AG_t = A_t * g_var.unsqueeze(-1)  # (A G)ᵀ
-        m_bar = None
-        if need_L or need_m:
-            m_bar = (torch.mv(A_t.mT, g_mean) if A_t.dim() == 2 else
-                     (g_mean.unsqueeze(-2) @ A_t).squeeze(-2))
-        D_bar = A_t.mT @ AG_t if need_L or need_S else None
-        K_bar = L_bar = ld_bar = None
-        if need_K:  # fixed hyperparameters and Z: skipped (an O(N M²) product)
-            # K̄ = L⁻ᵀ Ā = (L⁻ᵀ m̃) ḡ_meanᵀ + 2 (L⁻ᵀ D) A G: a GEMM instead of an N-column solve,
-            # formed as K̄ᵀ (contiguous [N, M]) and handed back transposed
-            Lt_m = torch.linalg.solve_triangular(L.mT, m.unsqueeze(-1), upper=True)
-            Lt_D = torch.linalg.solve_triangular(L.mT, D, upper=True)  # (both broadcast)
-            K_bar = (AG_t @ (2.0 * Lt_D.mT)).addcmul_(g_mean.unsqueeze(-1), Lt_m.mT).mT
-        if need_L:
-            inner = m.unsqueeze(-1) * m_bar.unsqueeze(-2) + 2.0 * D @ D_bar
-            L_bar = -torch.linalg.solve_triangular(L.mT, inner, upper=True).tril()
-        S_bar = None
+        L_bar, K_bar, m_bar, S_bar, ld_bar = marginals_backward(
+            L, A_t, m, D, g_mean, g_var, g_kl, ctx.diagonal,
+            (need_L, need_K, need_m, need_S, need_ld),
+            ctx.logdet_shape if need_ld else None)
+        return (L_bar, K_bar, m_bar, S_bar, ld_bar, None, None, None)
+
+
+def marginals_forward(A_t: Tensor, m: Tensor, S: Tensor, diagonal: bool
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(Aᵀ m̃ [*b, N], colsum(A ∘ D A) [*b, N], D = S̃ − I)`` from ``Aᵀ [*b, N, M]``, no
+    autograd (:class:`_Marginals`' forward pass; ``D`` is what its backward pass reads)."""
+    D = minus_identity(S, diagonal)
+    B_t = A_t @ D  # (D A)ᵀ, D symmetric
+    flat = A_t.dim() == 2 and m.dim() == 1  # (one latent: a matrix-vector product)
+    mean = torch.mv(A_t, m) if flat else (A_t @ m.unsqueeze(-1)).squeeze(-1)
+    return mean, B_t.mul_(A_t).sum(-1), D
+
+
+def marginals_backward(
+    L: Tensor | None, A_t: Tensor, m: Tensor, D: Tensor, g_mean: Tensor, g_var: Tensor,
+    g_kl: Tensor | None, diagonal: bool, needs: tuple[bool, bool, bool, bool, bool],
+    logdet_shape: torch.Size | None = None,
+) -> tuple[Tensor | None, ...]:
+    """``(L̄, K̄, m̄, S̄, ld̄)`` of :class:`_Marginals` (its formulas; ``needs`` says which of
+    ``L, K, m̃, S̃, log det S̃`` take a gradient, ``None`` for the others; ``g_kl`` the KL
+    output's gradient or ``None``)."""
+    need_L, need_K, need_m, need_S, need_ld = needs
+    AG_t = A_t * g_var.unsqueeze(-1)  # (A G)ᵀ
+    m_bar = None
+    if need_L or need_m:
+        m_bar = (torch.mv(A_t.mT, g_mean) if A_t.dim() == 2 else
+                 (g_mean.unsqueeze(-2) @ A_t).squeeze(-2))
+    D_bar = A_t.mT @ AG_t if need_L or need_S else None
+    K_bar = L_bar = ld_bar = None
+    if need_K:  # fixed hyperparameters and Z: skipped (an O(N M²) product)
+        # K̄ = L⁻ᵀ Ā = (L⁻ᵀ m̃) ḡ_meanᵀ + 2 (L⁻ᵀ D) A G: a GEMM instead of an N-column solve,
+        # formed as K̄ᵀ (contiguous [N, M]) and handed back transposed
+        Lt_m = torch.linalg.solve_triangular(L.mT, m.unsqueeze(-1), upper=True)
+        Lt_D = torch.linalg.solve_triangular(L.mT, D, upper=True)  # (both broadcast)
+        K_bar = (AG_t @ (2.0 * Lt_D.mT)).addcmul_(g_mean.unsqueeze(-1), Lt_m.mT).mT
+    if need_L:
+        inner = m.unsqueeze(-1) * m_bar.unsqueeze(-2) + 2.0 * D @ D_bar
+        L_bar = -torch.linalg.solve_triangular(L.mT, inner, upper=True).tril()
+    S_bar = None
+    if need_S:
+        if D_bar.shape != D.shape:  # (a q shared across batch dimensions: summed here, so
+            D_bar = D_bar.sum_to_size(D.shape)  # that the KL's share is added once)
+        S_bar = D_bar.diagonal(dim1=-2, dim2=-1) if diagonal else D_bar
+    if need_m and m_bar.shape != m.shape:
+        m_bar = m_bar.sum_to_size(m.shape)
+    if g_kl is not None:  # KL = ½ Σ (tr S̃ + m̃ᵀm̃ − M − log det S̃)
+        if need_m:
+            m_bar = torch.addcmul(m_bar, m, g_kl)
         if need_S:
-            if D_bar.shape != D.shape:  # (a q shared across batch dimensions: summed here, so
-                D_bar = D_bar.sum_to_size(D.shape)  # that the KL's share is added once)
-            S_bar = D_bar.diagonal(dim1=-2, dim2=-1) if ctx.diagonal else D_bar
-        if need_m and m_bar.shape != m.shape:
-            m_bar = m_bar.sum_to_size(m.shape)
-        if g_kl is not None:  # KL = ½ Σ (tr S̃ + m̃ᵀm̃ − M − log det S̃)
-            if need_m:
-                m_bar = torch.addcmul(m_bar, m, g_kl)
-            if need_S:
-                if ctx.diagonal:
-                    S_bar = S_bar + 0.5 * g_kl
-                else:
-                    S_bar.diagonal(dim1=-2, dim2=-1).add_(0.5 * g_kl)
-            if need_ld:
-                ld_bar = (-0.5 * g_kl).expand(ctx.logdet_shape)
-        return (L_bar, K_bar, m_bar if need_m else None, S_bar, ld_bar, None, None, None)
+            if diagonal:
+                S_bar = S_bar + 0.5 * g_kl
+            else:
+                S_bar.diagonal(dim1=-2, dim2=-1).add_(0.5 * g_kl)
+        if need_ld:
+            ld_bar = (-0.5 * g_kl).expand(logdet_shape)
+    return L_bar, K_bar, m_bar if need_m else None, S_bar, ld_bar
 
 
 def solve_block(L_zz: Tensor, K_zx: Tensor, overwrite: bool = False) -> Tensor:

@@ -14,8 +14,9 @@ from natvi.gp.conditionals import (
     marginals,
     solve_block,
 )
+from natvi.gp.fused import fused_elbo
 from natvi.likelihoods.base import Likelihood
-from natvi.parameterizations import Parameterization
+from natvi.parameterizations import Natural, Parameterization
 
 __all__ = ["SVGP"]
 
@@ -112,6 +113,29 @@ class SVGP(VariationalGP):
             mean, var, kl = marginals(L_zz, K_zx, kernel_diag(self.kernel, X), m_t, S_t, diag,
                                       overwrite_K=owned, logdet=logdet)
         return self._plus_prior_mean(mean, X), var, kl
+
+    def _fused_elbo(self, X: Tensor, y: Tensor, num_data: int | None) -> Tensor | None:
+        # One node (natvi.gp.fused) when only a whitened, unbatched q in natural coordinates
+        # takes a gradient and the prior is kept (it is, from the second call with it fixed).
+        q, lik = self.q, self.likelihood
+        if not (self.whiten and self.num_latent == 1 and type(q.parameterization) is Natural
+                and y.dim() == 1 and "prior" in self._kept()
+                and not torch._C._are_functorch_transforms_active()):
+            return None
+        zero_mean = type(self.mean) is gpytorch.means.ZeroMean
+        if not zero_mean and torch.is_grad_enabled() and any(
+                p.requires_grad for p in self.mean.parameters()):
+            return None
+        if not lik.has_expectation_terms:
+            return None
+        L_zz = self._chol_prior()
+        solved = self._solved_block(X, L_zz)
+        if solved is None:
+            return None
+        y = lik.check_y(y)
+        prior_mean = None if zero_mean else self.mean(X).detach()
+        scale = None if num_data is None else float(num_data) / X.shape[0]
+        return fused_elbo(*q.xi(), solved[0], solved[1], prior_mean, lik, y, scale)
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         L_zz = self._chol_prior()

@@ -112,6 +112,22 @@ def variance_gradient(
     return torch.where(positive, g_var, torch.where(f_var == 0, at_zero(), 0.0))
 
 
+def gauss_hermite_terms(
+    likelihood: Likelihood, f_mean: Tensor, f_var: Tensor, y: Tensor, z: Tensor, w: Tensor,
+    wz: Tensor, grad: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(Σ_k w_k log p(y_n | μ_n + √v_n z_k), ∂/∂μ_n, ∂/∂v_n)`` ``[N]`` each (the last two
+    ``None`` unless ``grad``), no autograd: the fused expectation's forward pass
+    (:class:`_GaussHermite1D`), from the likelihood's analytic derivatives."""
+    sd = f_var.clamp_min(0).sqrt()
+    value, g_mean, g_var = likelihood._gauss_hermite_sums(f_mean, sd, y, z, w, wz, grad)
+    if grad:
+        g_var = variance_gradient(
+            g_var, sd, f_var, lambda: 0.5 * likelihood.log_prob_derivatives(
+                f_mean, y, second=True)[2])
+    return value, g_mean, g_var
+
+
 class _GaussHermite1D(torch.autograd.Function):
     """``(μ [N], v [N]) -> Σ_k w_k log p(y_n | μ_n + √v_n z_k)`` with a closed-form backward.
 
@@ -129,15 +145,10 @@ class _GaussHermite1D(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, f_mean, f_var, likelihood, y, z, w, wz):
-        sd = f_var.clamp_min(0).sqrt()
         grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        value, g_mean, g_var = likelihood._gauss_hermite_sums(f_mean, sd, y, z, w, wz, grad)
-        if not grad:
-            return value
-        g_var = variance_gradient(
-            g_var, sd, f_var, lambda: 0.5 * likelihood.log_prob_derivatives(
-                f_mean, y, second=True)[2])
-        ctx.save_for_backward(g_mean, g_var)
+        value, g_mean, g_var = gauss_hermite_terms(likelihood, f_mean, f_var, y, z, w, wz, grad)
+        if grad:
+            ctx.save_for_backward(g_mean, g_var)
         return value
 
     @staticmethod
@@ -318,6 +329,29 @@ class Likelihood(nn.Module):
             z, w, wz = _gh_1d(self.num_gh, f_mean.dtype, f_mean.device)
             return _GaussHermite1D.apply(f_mean, f_var, self, y, z, w, wz)
         return self.quadrature_expectations(f_mean, f_var, y)
+
+    def expectation_terms(
+        self, f_mean: Tensor, f_var: Tensor, y: Tensor, grad: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(E[log p(y_n | f_n)], ∂/∂μ_n, ∂/∂v_n)`` ``[N]`` each under ``f_n ~ N(μ_n, v_n)``,
+        without autograd (the derivatives only if ``grad``), for a one-latent likelihood whose
+        own parameters take no gradient.
+
+        Used, where :attr:`has_expectation_terms`, by a model that differentiates its whole
+        ELBO in closed form (:mod:`natvi.gp.fused`). The base class gives the fused
+        Gauss–Hermite terms where :meth:`log_prob_derivatives` is defined; a likelihood with a
+        closed-form expectation gives its own (tested against autodiff of it).
+        """
+        z, w, wz = _gh_1d(self.num_gh, f_mean.dtype, f_mean.device)
+        return gauss_hermite_terms(self, f_mean, f_var, y, z, w, wz, grad)
+
+    @property
+    def has_expectation_terms(self) -> bool:
+        """Whether :meth:`expectation_terms` applies now: one latent, no gradient to the
+        likelihood's own parameters, and the fused Gauss–Hermite path (or a subclass's closed
+        form, which overrides this)."""
+        return (self.num_latent == 1 and self.analytic_derivatives
+                and _defined_in(type(self), "_variational_expectations") is Likelihood)
 
     def quadrature_expectations(
         self, f_mean: Tensor, f_var: Tensor, y: Tensor, num_points: int | None = None

@@ -212,6 +212,19 @@ class Poisson(Likelihood):
     def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
         return y * f_mean - torch.exp(f_mean + 0.5 * f_var) - torch.lgamma(y + 1.0)
 
+    @property
+    def has_expectation_terms(self) -> bool:
+        return type(self)._variational_expectations is Poisson._variational_expectations and (
+            type(self).expectation_terms is Poisson.expectation_terms)
+
+    def expectation_terms(self, f_mean: Tensor, f_var: Tensor, y: Tensor, grad: bool):
+        # E[log p] = y μ − e^{μ + v/2} − log y!:  ∂/∂μ = y − e^{μ + v/2},  ∂/∂v = −½ e^{μ + v/2}
+        rate = torch.exp(f_mean + 0.5 * f_var)
+        value = y * f_mean - rate - torch.lgamma(y + 1.0)
+        if not grad:
+            return value, None, None
+        return value, y - rate, -0.5 * rate
+
     def _predict_mean_and_var(self, f_mean: Tensor, f_var: Tensor) -> tuple[Tensor, Tensor]:
         rate = torch.exp(f_mean + 0.5 * f_var)
         return rate, rate + torch.expm1(f_var) * rate**2
