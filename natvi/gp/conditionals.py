@@ -22,7 +22,7 @@ import torch
 from linear_operator import to_dense
 from torch import Tensor
 
-from natvi._linalg import batch_shape, cholesky, identity
+from natvi._linalg import batch_shape, cholesky, identity, symmetrize
 
 __all__ = [
     "kernel_matrix",
@@ -227,6 +227,16 @@ def whiten_q(
     R = torch.linalg.solve_triangular(L_zz, L_S.expand_as(L_zz), upper=False)
     logdet = 2.0 * (L_S.diagonal(dim1=-2, dim2=-1).log().sum(-1) - half_logdet_K)
     return m_t, R @ R.mT, logdet
+
+
+def unwhiten_gradient(L_zz: Tensor, g_m_t: Tensor, g_S_t: Tensor) -> tuple[Tensor, Tensor]:
+    """``(∇_m, ∇_S)`` from the gradients of :func:`whiten_q`'s full-covariance outputs
+    ``(m̃ = L⁻¹ m, S̃ = sym(L⁻¹ S L⁻ᵀ))`` (``L_zz`` fixed; the log-determinant's gradient passes
+    through unchanged): ``L⁻ᵀ ḡ_m̃`` and ``L⁻ᵀ (L⁻ᵀ sym(ḡ_S̃))ᵀ``, the triangular solves that
+    autodiff of :func:`whiten_q` runs, in its order."""
+    g_m = torch.linalg.solve_triangular(L_zz.mT, g_m_t.unsqueeze(-1), upper=True).squeeze(-1)
+    W = torch.linalg.solve_triangular(L_zz.mT, symmetrize(g_S_t), upper=True)
+    return g_m, torch.linalg.solve_triangular(L_zz.mT, W.mT, upper=True)
 
 
 class _Marginals(torch.autograd.Function):

@@ -115,10 +115,10 @@ class SVGP(VariationalGP):
         return self._plus_prior_mean(mean, X), var, kl
 
     def _fused_elbo(self, X: Tensor, y: Tensor, num_data: int | None) -> Tensor | None:
-        # One node (natvi.gp.fused) when only a whitened, unbatched q in natural coordinates
-        # takes a gradient and the prior is kept (it is, from the second call with it fixed).
+        # One node (natvi.gp.fused) when only an unbatched q in natural coordinates takes a
+        # gradient and the prior is kept (it is, from the second call with it fixed).
         q, lik = self.q, self.likelihood
-        if not (self.whiten and self.num_latent == 1 and type(q.parameterization) is Natural
+        if not (self.num_latent == 1 and type(q.parameterization) is Natural
                 and y.dim() == 1 and "prior" in self._kept()
                 and not torch._C._are_functorch_transforms_active()):
             return None
@@ -135,7 +135,8 @@ class SVGP(VariationalGP):
         y = lik.check_y(y)
         prior_mean = None if zero_mean else self.mean(X).detach()
         scale = None if num_data is None else float(num_data) / X.shape[0]
-        return fused_elbo(*q.xi(), solved[0], solved[1], prior_mean, lik, y, scale)
+        return fused_elbo(*q.xi(), solved[0], solved[1], prior_mean, lik, y, scale,
+                          None if self.whiten else L_zz)
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         L_zz = self._chol_prior()

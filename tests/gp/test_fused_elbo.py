@@ -1,6 +1,6 @@
-"""The whole-ELBO node (:mod:`natvi.gp.fused`): taken exactly when only a whitened natural q
-takes a gradient under a kept prior, and equal — value, gradients in θ and the recorded ∇_η —
-to the node-by-node path it replaces and to autodiff."""
+"""The whole-ELBO node (:mod:`natvi.gp.fused`): taken exactly when only a natural q (whitened
+or not) takes a gradient under a kept prior, and equal — value, gradients in θ and the
+recorded ∇_η — to the node-by-node path it replaces and to autodiff."""
 
 from __future__ import annotations
 
@@ -79,10 +79,12 @@ def _is_fused(elbo) -> bool:
 @pytest.mark.parametrize("name", ["bernoulli", "logit", "poisson", "gaussian"])
 @pytest.mark.parametrize("mean", [False, True])
 @pytest.mark.parametrize("num_data", [None, 600])
-def test_fused_elbo_equals_the_node_by_node_path(name, mean, num_data):
+@pytest.mark.parametrize("whiten", [True, False])
+def test_fused_elbo_equals_the_node_by_node_path(name, mean, num_data, whiten):
     X, y = _data("gaussian" if name == "gaussian" else
                  "poisson" if name == "poisson" else "bernoulli")
-    fused, plain = _model(name, X, mean=mean), _model(name, X, reuse=False, mean=mean)
+    fused = _model(name, X, mean=mean, whiten=whiten)
+    plain = _model(name, X, reuse=False, mean=mean, whiten=whiten)
     for _ in range(2):  # (the first call keeps the prior; the second is fused)
         a = _elbo_grads(fused, X, y, num_data)
         b = _elbo_grads(plain, X, y, num_data)
@@ -103,18 +105,20 @@ def test_fused_elbo_equals_the_node_by_node_path(name, mean, num_data):
                                    rtol=1e-14, atol=0.0)
 
 
-def test_fused_elbo_gradcheck_in_theta():
+@pytest.mark.parametrize("whiten", [True, False])
+def test_fused_elbo_gradcheck_in_theta(whiten):
     from natvi.gp.fused import fused_elbo
 
     X, y = _data("bernoulli", n=20)
-    model = _model("bernoulli", X)
+    model = _model("bernoulli", X, whiten=whiten)
     with torch.no_grad():
         model.elbo(X, y)  # keep the prior and the block
     L_zz = model._chol_prior()
     A_t, kxx = model._solved_block(X, L_zz)
     t1, t2 = (p.detach().clone().requires_grad_(True) for p in model.q.parameters())
+    L = None if whiten else L_zz
     assert torch.autograd.gradcheck(
-        lambda a, b: fused_elbo(a, b, A_t, kxx, None, model.likelihood, y, 3.0), (t1, t2))
+        lambda a, b: fused_elbo(a, b, A_t, kxx, None, model.likelihood, y, 3.0, L), (t1, t2))
 
 
 def test_a_natural_fit_takes_the_fused_path_and_ends_where_the_plain_one_does():
@@ -123,7 +127,7 @@ def test_a_natural_fit_takes_the_fused_path_and_ends_where_the_plain_one_does():
     X, y = _data("bernoulli")
     ends = []
     for reuse in (True, False):
-        model = _model("bernoulli", X, reuse=reuse)
+        model = _model("bernoulli", X, reuse=reuse, whiten=False)
         opt = NaturalGradient.for_model(model, lr=0.5)
         for _ in range(15):
             opt.zero_grad()
@@ -136,12 +140,12 @@ def test_a_natural_fit_takes_the_fused_path_and_ends_where_the_plain_one_does():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("case", ["kernel_learns", "noise_learns", "mean_learns", "unwhitened",
+@pytest.mark.parametrize("case", ["kernel_learns", "noise_learns", "mean_learns",
                                   "mean_cholesky", "no_reuse", "multi_latent"])
 def test_the_fused_path_is_not_taken_where_it_does_not_apply(case):
     name = "gaussian"
     X, y = _data(name)
-    kw = {"unwhitened": {"whiten": False}, "mean_cholesky": {"parameterization": MeanCholesky()},
+    kw = {"mean_cholesky": {"parameterization": MeanCholesky()},
           "no_reuse": {"reuse": False}, "mean_learns": {"mean": True}}.get(case, {})
     if case == "multi_latent":
         model = SVGP(gpytorch.kernels.RBFKernel().to(F64), Softmax(3), X[::5].clone(),
