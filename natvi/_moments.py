@@ -58,7 +58,7 @@ def _round_trip_ok(P: Tensor, S: Tensor, m: Tensor) -> bool:
     if not all_finite(back):
         return False
     _, info = torch.linalg.cholesky_ex(back)
-    return bool((info == 0).all())
+    return info.item() == 0 if info.dim() == 0 else bool((info == 0).all())
 
 
 # What in_domain computed for the last q it accepted, one per (shape, dtype, device): the

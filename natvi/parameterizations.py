@@ -123,7 +123,7 @@ class Parameterization:
             return ok and all_finite(m)
         P = precision(theta2)
         L_P, info = torch.linalg.cholesky_ex(P)
-        if bool(info.any()):
+        if info.item() if info.dim() == 0 else bool(info.any()):
             return False
         S, m = cholesky_inverse(L_P), cho_solve_vec(theta1, L_P)  # (no derivative taken here)
         ok = _round_trip_ok(P, S, m)  # (False for a non-finite S or m: the fallback checks)
