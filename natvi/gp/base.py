@@ -11,7 +11,11 @@ cross block ``L_zz⁻¹ K_zx`` of the inputs — is kept while the kernel (one o
 of :func:`~natvi.gp.conditionals.kernel_matrix`), the prior points and the inputs are equal by
 value to those it was computed from and no gradient flows to them (hyperparameters frozen, as
 in a q-only phase). Every call compares them, so an in-place change is seen;
-``model.reuse_fixed_prior = False`` recomputes everything at every call.
+``model.reuse_fixed_prior = False`` recomputes everything at every call. With q in
+:class:`~natvi.parameterizations.Natural` coordinates, one latent function and a likelihood with
+closed-form expectation terms, an SVGP's ELBO is one autograd node whose reverse mode is written
+out (:mod:`natvi.gp.fused`; a q over ``u`` only with the prior kept): the same formulas as node
+by node, with no graph between them.
 """
 
 from __future__ import annotations

@@ -115,28 +115,30 @@ class SVGP(VariationalGP):
         return self._plus_prior_mean(mean, X), var, kl
 
     def _fused_elbo(self, X: Tensor, y: Tensor, num_data: int | None) -> Tensor | None:
-        # One node (natvi.gp.fused) when only an unbatched q in natural coordinates takes a
-        # gradient and the prior is kept (it is, from the second call with it fixed).
+        # One node (natvi.gp.fused) for an unbatched q in natural coordinates: with the block
+        # kept (fixed prior, from its second call), or solved in the node from the factor and
+        # the cross block, which carry any hyperparameter gradient (a whitened q).
         q, lik = self.q, self.likelihood
-        if not (self.num_latent == 1 and type(q.parameterization) is Natural
-                and y.dim() == 1 and "prior" in self._kept()
+        if not (self.num_latent == 1 and type(q.parameterization) is Natural and y.dim() == 1
+                and not self.kernel.batch_shape and lik.has_expectation_terms
                 and not torch._C._are_functorch_transforms_active()):
             return None
-        zero_mean = type(self.mean) is gpytorch.means.ZeroMean
-        if not zero_mean and torch.is_grad_enabled() and any(
-                p.requires_grad for p in self.mean.parameters()):
-            return None
-        if not lik.has_expectation_terms:
-            return None
-        L_zz = self._chol_prior()
-        solved = self._solved_block(X, L_zz)
-        if solved is None:
+        L_zz = solved = None
+        if "prior" in self._kept():
+            L_zz = self._chol_prior()
+            solved = self._solved_block(X, L_zz)
+        if solved is None and not self.whiten:
             return None
         y = lik.check_y(y)
-        prior_mean = None if zero_mean else self.mean(X).detach()
+        prior_mean = None if type(self.mean) is gpytorch.means.ZeroMean else self.mean(X)
         scale = None if num_data is None else float(num_data) / X.shape[0]
-        return fused_elbo(*q.xi(), solved[0], solved[1], prior_mean, lik, y, scale,
-                          None if self.whiten else L_zz)
+        if solved is not None:
+            return fused_elbo(*q.xi(), solved[1], prior_mean, lik, y, scale, A_t=solved[0],
+                              whiten_L=None if self.whiten else L_zz)
+        L_zz = self._chol_prior() if L_zz is None else L_zz
+        K_zx, owned = cross_kernel_block(self.kernel, self.inducing_points, X)
+        return fused_elbo(*q.xi(), kernel_diag(self.kernel, X), prior_mean, lik, y, scale,
+                          L_zz=L_zz, K_zx=K_zx, overwrite=owned)
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         L_zz = self._chol_prior()
