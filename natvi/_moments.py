@@ -64,7 +64,9 @@ def _round_trip_ok(P: Tensor, S: Tensor, m: Tensor) -> bool:
 # What in_domain computed for the last q it accepted, one per (shape, dtype, device): the
 # candidate (θ1, θ2) with L_P, S = P⁻¹ and m = S θ1. The next forward pass at that q (once the
 # optimiser has copied it in) takes them when its θ equals the candidate bit for bit; taken
-# once (popped), so the outputs are fresh tensors of that one autograd node.
+# once (popped), so the outputs are fresh tensors of that one autograd node. A pass that takes
+# no gradient (a prediction or a logged ELBO between steps) gets copies and leaves them for the
+# training pass.
 _FACTORS: dict[tuple, tuple[Tensor, ...]] = {}
 
 
@@ -74,13 +76,21 @@ def remember_factor(theta1: Tensor, theta2: Tensor, L_P: Tensor, S: Tensor, m: T
     _FACTORS[(theta2.shape, theta2.dtype, theta2.device)] = (theta1, theta2, L_P, S, m)
 
 
-def _natural_moments(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(L_P, S, m)`` of ``(θ1, θ2)``: in_domain's, if it factorised this very q, else one
-    Cholesky of ``P``, ``cholesky_inverse`` and two triangular solves."""
-    hit = _FACTORS.pop((theta2.shape, theta2.dtype, theta2.device), None)
-    if (hit is not None and hit[0].shape == theta1.shape and torch.equal(hit[1], theta2)
-            and torch.equal(hit[0], theta1)):
-        return hit[2], hit[3], hit[4]
+def _natural_moments(theta1: Tensor, theta2: Tensor, take: bool = True
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(L_P, S, m)`` of ``(θ1, θ2)``: in_domain's, if it factorised this very q (``take``:
+    for a pass that takes gradients, which consumes them; else copies of ``S`` and ``m``, ``L_P``
+    read only), else one Cholesky of ``P``, ``cholesky_inverse`` and two triangular solves."""
+    key = (theta2.shape, theta2.dtype, theta2.device)
+    hit = _FACTORS.get(key)
+    if hit is not None:
+        if (hit[0].shape == theta1.shape and torch.equal(hit[1], theta2)
+                and torch.equal(hit[0], theta1)):
+            if take:
+                del _FACTORS[key]
+                return hit[2], hit[3], hit[4]
+            return hit[2], hit[3].clone(), hit[4].clone()
+        del _FACTORS[key]  # (another q: stale)
     L_P = cholesky(precision(theta2), "the precision −2·theta2")
     return L_P, cholesky_inverse(L_P), cho_solve_vec(theta1, L_P)
 
@@ -111,18 +121,19 @@ class _NaturalMoments(torch.autograd.Function):
         # torch's Function.apply binds the arguments with inspect.signature at every call when
         # setup_context is defined (~40 µs); that binding only matters for keyword or default
         # arguments, which forward has none of. Under functorch transforms torch's own apply.
+        take = torch.is_grad_enabled() and (theta1.requires_grad or theta2.requires_grad)
         if torch._C._are_functorch_transforms_active():
-            return super().apply(theta1, theta2)
+            return super().apply(theta1, theta2, take)
         args = torch._functorch.utils.unwrap_dead_wrappers((theta1, theta2))
-        return super(torch.autograd.Function, cls).apply(*args)
+        return super(torch.autograd.Function, cls).apply(*args, take)
 
     @staticmethod
-    def forward(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return natural_moments(theta1, theta2)
+    def forward(theta1: Tensor, theta2: Tensor, take: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return natural_moments(theta1, theta2, take)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        theta1, theta2 = inputs
+        theta1, theta2, _ = inputs
         m, S, _ = output
         ctx.save_for_backward(theta1, theta2, m, S)
         ctx.refs = version_refs(theta1, theta2)
@@ -134,13 +145,15 @@ class _NaturalMoments(torch.autograd.Function):
         theta1, theta2, m, S = ctx.saved_tensors
         grad1, grad2, eta1, eta2 = natural_moments_backward(theta1, theta2, m, S, g_m, g_S, g_ld)
         record_expectation_gradient(ctx.refs, grad1, grad2, eta1, eta2)
-        return grad1, grad2
+        return grad1, grad2, None
 
 
-def natural_moments(theta1: Tensor, theta2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def natural_moments(theta1: Tensor, theta2: Tensor, take: bool = True
+                    ) -> tuple[Tensor, Tensor, Tensor]:
     """``(m, S, log det S)`` of natural parameters, no autograd (:class:`_NaturalMoments`'
-    forward pass; in_domain's factor when it factorised this very q)."""
-    L_P, S, m = _natural_moments(theta1, theta2)
+    forward pass; in_domain's factor when it factorised this very q — ``take`` it for a pass
+    that takes gradients, else leave it for the next one)."""
+    L_P, S, m = _natural_moments(theta1, theta2, take)
     return m, S, L_P.diagonal(dim1=-2, dim2=-1).log().sum(-1).mul_(-2.0)
 
 

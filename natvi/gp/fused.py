@@ -54,11 +54,12 @@ class _FusedElbo(torch.autograd.Function):
     def forward(ctx, theta1: Tensor, theta2: Tensor, kxx: Tensor, prior_mean: Tensor | None,
                 L_zz: Tensor | None, K_zx: Tensor | None, A_t: Tensor | None,
                 whiten_L: Tensor | None, likelihood: Likelihood, y: Tensor,
-                scale: float | None, overwrite: bool) -> Tensor:
-        grad = any(ctx.needs_input_grad[:6])
+                scale: float | None, overwrite: bool, grad_mode: bool) -> Tensor:
+        # (needs_input_grad does not see torch.no_grad(); the caller's grad mode is passed in)
+        grad = grad_mode and any(ctx.needs_input_grad[:6])
         if A_t is None:
             A_t = solve_block(L_zz, K_zx, overwrite and not ctx.needs_input_grad[5])
-        m, S, logdet = natural_moments(theta1, theta2)
+        m, S, logdet = natural_moments(theta1, theta2, grad)
         m_t, S_t, logdet_t = (m, S, logdet) if whiten_L is None else whiten_q(
             m, S, whiten_L, False, logdet)
         mean, var, D = marginals_forward(A_t, m_t, S_t, False)
@@ -93,7 +94,7 @@ class _FusedElbo(torch.autograd.Function):
                 theta1, theta2, m, S, m_bar, S_bar, ld_bar)
             record_expectation_gradient(ctx.refs, grad1, grad2, eta1, eta2)
         return (grad1, grad2, g_var if need_kxx else None, g_mean if need_mu else None,
-                L_bar, K_bar, None, None, None, None, None, None)
+                L_bar, K_bar, None, None, None, None, None, None, None)
 
 
 def fused_elbo(theta1: Tensor, theta2: Tensor, kxx: Tensor, prior_mean: Tensor | None,
@@ -113,4 +114,4 @@ def fused_elbo(theta1: Tensor, theta2: Tensor, kxx: Tensor, prior_mean: Tensor |
     mean). The likelihood must have :attr:`~Likelihood.has_expectation_terms`.
     """
     return _FusedElbo.apply(theta1, theta2, kxx, prior_mean, L_zz, K_zx, A_t, whiten_L,
-                            likelihood, y, scale, overwrite)
+                            likelihood, y, scale, overwrite, torch.is_grad_enabled())

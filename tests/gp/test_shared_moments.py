@@ -235,3 +235,44 @@ def test_natural_in_domain_refuses_every_non_finite_theta(monkeypatch, blind, ba
                 else:
                     t2[..., i, j] = bad
                 assert not p.in_domain(theta1, t2), (bad, "theta2", i, j)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_no_grad_pass_between_steps_leaves_the_factor_to_the_training_pass(monkeypatch, fused):
+    """in_domain's factor of the accepted q: a prediction (no gradient) gets copies of S and m
+    and leaves it; the training pass after it takes it (no Cholesky of its own)."""
+    import natvi._moments as moments
+    from natvi.optim import NaturalGradient
+
+    X, y = data(N=30, seed=1)
+    y = (y > 0).to(DT)
+
+    def build():  # (the kernel learns: unwhitened, that is node by node)
+        return svgp(X, X[::3].clone(), whiten=fused, likelihood=Bernoulli())
+
+    model = build()
+    key = (model.q.theta2.shape, DT, model.q.theta2.device)
+    opt = NaturalGradient.for_model(model, lr=0.5)
+    for _ in range(2):
+        opt.zero_grad()
+        (-model.elbo(X, y)).backward()
+        opt.step()
+    assert key in moments._FACTORS
+    calls = []
+    monkeypatch.setattr(moments, "cholesky", lambda *a: calls.append(a) or (_ for _ in ()).throw(
+        AssertionError("factorised again")))
+    with torch.no_grad():
+        mean, var = model.predict_f(X)
+        mean.add_(1.0), var.mul_(0.0)  # (the prediction's tensors are its own)
+        model.elbo(X, y)
+    assert key in moments._FACTORS
+    elbo = model.elbo(X, y)
+    assert key not in moments._FACTORS and not calls
+    monkeypatch.undo()
+    fresh = build()
+    fresh.load_state_dict(model.state_dict())
+    moments._FACTORS.clear()
+    torch.testing.assert_close(elbo, fresh.elbo(X, y), rtol=1e-13, atol=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict_f(X)[0], fresh.predict_f(X)[0], rtol=1e-13,
+                                   atol=0.0)
