@@ -120,7 +120,7 @@ class SVGP(VariationalGP):
         # the cross block, which carry any hyperparameter gradient (a whitened q).
         q, lik = self.q, self.likelihood
         if not (self.num_latent == 1 and type(q.parameterization) is Natural and y.dim() == 1
-                and not self.kernel.batch_shape and lik.has_expectation_terms
+                and lik.has_expectation_terms
                 and not torch._C._are_functorch_transforms_active()):
             return None
         L_zz = solved = None
@@ -129,13 +129,16 @@ class SVGP(VariationalGP):
             solved = self._solved_block(X, L_zz)
         if solved is None and not self.whiten:
             return None
+        if solved is None and L_zz is None:
+            L_zz = self._chol_prior()
+        if L_zz.dim() != 2:  # (a kernel with a batch shape of its own: node by node; reading
+            return None  # kernel.batch_shape instead would cost a module traversal per call)
         y = lik.check_y(y)
         prior_mean = None if type(self.mean) is gpytorch.means.ZeroMean else self.mean(X)
         scale = None if num_data is None else float(num_data) / X.shape[0]
         if solved is not None:
             return fused_elbo(*q.xi(), solved[1], prior_mean, lik, y, scale, A_t=solved[0],
                               whiten_L=None if self.whiten else L_zz)
-        L_zz = self._chol_prior() if L_zz is None else L_zz
         K_zx, owned = cross_kernel_block(self.kernel, self.inducing_points, X)
         return fused_elbo(*q.xi(), kernel_diag(self.kernel, X), prior_mean, lik, y, scale,
                           L_zz=L_zz, K_zx=K_zx, overwrite=owned)
