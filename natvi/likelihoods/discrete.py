@@ -210,7 +210,7 @@ class Poisson(Likelihood):
         return torch.exp(F)
 
     def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
-        return y * f_mean - torch.exp(f_mean + 0.5 * f_var) - torch.lgamma(y + 1.0)
+        return Poisson.expectation_terms(self, f_mean, f_var, y, False)[0]
 
     @property
     def has_expectation_terms(self) -> bool:
