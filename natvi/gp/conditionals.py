@@ -211,6 +211,8 @@ def whiten_q(
         return m, S, 2.0 * L_S.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     batch = batch_shape(m.shape[:-1], L_zz.shape[:-2])
     L_zz = L_zz.expand(*batch, *L_zz.shape[-2:])
+    if not diagonal and logdet_S is not None:
+        return whiten_full(m.expand(*batch, m.shape[-1]), S.expand_as(L_zz), L_zz, logdet_S)[:3]
     m_t = torch.linalg.solve_triangular(L_zz, m.expand(*batch, m.shape[-1]).unsqueeze(-1),
                                         upper=False).squeeze(-1)
     half_logdet_K = L_zz.diagonal(dim1=-2, dim2=-1).log().sum(-1)
@@ -219,24 +221,44 @@ def whiten_q(
         R = torch.linalg.solve_triangular(L_zz, torch.diag_embed(S.sqrt()).expand_as(L_zz),
                                           upper=False)
         return m_t, R @ R.mT, S.log().sum(-1) - 2.0 * half_logdet_K
-    if logdet_S is not None:
-        R = torch.linalg.solve_triangular(L_zz, S.expand_as(L_zz), upper=False)  # L⁻¹ S
-        S_t = torch.linalg.solve_triangular(L_zz, R.mT, upper=False)  # L⁻¹ S L⁻ᵀ
-        return m_t, 0.5 * (S_t + S_t.mT), logdet_S - 2.0 * half_logdet_K
     L_S = cholesky(S, "the variational covariance S")
     R = torch.linalg.solve_triangular(L_zz, L_S.expand_as(L_zz), upper=False)
     logdet = 2.0 * (L_S.diagonal(dim1=-2, dim2=-1).log().sum(-1) - half_logdet_K)
     return m_t, R @ R.mT, logdet
 
 
-def unwhiten_gradient(L_zz: Tensor, g_m_t: Tensor, g_S_t: Tensor) -> tuple[Tensor, Tensor]:
-    """``(∇_m, ∇_S)`` from the gradients of :func:`whiten_q`'s full-covariance outputs
-    ``(m̃ = L⁻¹ m, S̃ = sym(L⁻¹ S L⁻ᵀ))`` (``L_zz`` fixed; the log-determinant's gradient passes
-    through unchanged): ``L⁻ᵀ ḡ_m̃`` and ``L⁻ᵀ (L⁻ᵀ sym(ḡ_S̃))ᵀ``, the triangular solves that
-    autodiff of :func:`whiten_q` runs, in its order."""
+def whiten_full(m: Tensor, S: Tensor, L_zz: Tensor, logdet_S: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`whiten_q` for a full ``S`` with ``log det S`` known (shapes already broadcast):
+    ``(m̃ = L⁻¹ m, S̃ = sym(L⁻¹ S L⁻ᵀ), log det S − 2 Σ log L_ii)`` and the intermediates
+    ``R = L⁻¹ S``, ``L⁻¹ Rᵀ`` that :func:`unwhiten_gradient` needs for ``L̄``."""
+    m_t = torch.linalg.solve_triangular(L_zz, m.unsqueeze(-1), upper=False).squeeze(-1)
+    half_logdet_K = L_zz.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    R = torch.linalg.solve_triangular(L_zz, S, upper=False)  # L⁻¹ S
+    S_raw = torch.linalg.solve_triangular(L_zz, R.mT, upper=False)  # L⁻¹ S L⁻ᵀ
+    return m_t, 0.5 * (S_raw + S_raw.mT), logdet_S - 2.0 * half_logdet_K, R, S_raw
+
+
+def unwhiten_gradient(
+    L_zz: Tensor, g_m_t: Tensor, g_S_t: Tensor, g_ld: Tensor | None = None,
+    parts: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(∇_m, ∇_S, ∇_L)`` from the gradients of :func:`whiten_full`'s outputs ``(m̃, S̃,
+    log det S̃)`` (the log-determinant's gradient passes to ``log det S`` unchanged): ``L⁻ᵀ ḡ_m̃``
+    and ``L⁻ᵀ (L⁻ᵀ sym(ḡ_S̃))ᵀ``, the triangular solves that autodiff of :func:`whiten_q` runs, in
+    its order; with ``parts = (m̃, R, L⁻¹ Rᵀ)`` also ``∇_L``, the three solves' ``−tril(B̄ Xᵀ)``
+    and the log-determinant's ``−2 ḡ_ld / L_ii`` (else ``None``: ``L_zz`` fixed)."""
     g_m = torch.linalg.solve_triangular(L_zz.mT, g_m_t.unsqueeze(-1), upper=True).squeeze(-1)
     W = torch.linalg.solve_triangular(L_zz.mT, symmetrize(g_S_t), upper=True)
-    return g_m, torch.linalg.solve_triangular(L_zz.mT, W.mT, upper=True)
+    g_S = torch.linalg.solve_triangular(L_zz.mT, W.mT, upper=True)
+    if parts is None:
+        return g_m, g_S, None
+    m_t, R, S_raw = parts
+    g_L = (W @ S_raw.mT).add_(g_S @ R.mT).add_(g_m.unsqueeze(-1) * m_t.unsqueeze(-2))
+    g_L = g_L.neg_().tril_()
+    g_L.diagonal(dim1=-2, dim2=-1).addcdiv_(g_ld.unsqueeze(-1).expand(m_t.shape),
+                                            L_zz.diagonal(dim1=-2, dim2=-1), value=-2.0)
+    return g_m, g_S, g_L
 
 
 class _Marginals(torch.autograd.Function):

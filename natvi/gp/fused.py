@@ -18,9 +18,9 @@ node-by-node path.
 
 Two forms: with a fixed prior (kernel, inducing inputs and inputs take no gradient) the kept
 ``Aᵀ`` (:mod:`natvi.gp.base`) is a constant and only θ (and a learned mean) get gradients;
-otherwise, for a whitened q, ``A`` is solved in the node from ``L_zz`` and ``K_zx``, whose
-gradients — and those of ``k(x, x)`` and the prior mean — flow on to the hyperparameters
-through autograd.
+otherwise ``A`` is solved in the node from ``L_zz`` and ``K_zx``, whose gradients — and those of
+``k(x, x)``, the prior mean and, for a q over u, the whitening's ``L_zz`` — flow on to the
+hyperparameters through autograd.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from natvi.gp.conditionals import (
     marginals_forward,
     solve_block,
     unwhiten_gradient,
-    whiten_q,
+    whiten_full,
     whitened_kl,
 )
 from natvi.likelihoods.base import Likelihood
@@ -60,8 +60,12 @@ class _FusedElbo(torch.autograd.Function):
         if A_t is None:
             A_t = solve_block(L_zz, K_zx, overwrite and not ctx.needs_input_grad[5])
         m, S, logdet = natural_moments(theta1, theta2, grad)
-        m_t, S_t, logdet_t = (m, S, logdet) if whiten_L is None else whiten_q(
-            m, S, whiten_L, False, logdet)
+        parts = None
+        if whiten_L is None:
+            m_t, S_t, logdet_t = m, S, logdet
+        else:
+            m_t, S_t, logdet_t, R, S_raw = whiten_full(m, S, whiten_L, logdet)
+            parts = (m_t, R, S_raw) if ctx.needs_input_grad[7] else None
         mean, var, D = marginals_forward(A_t, m_t, S_t, False)
         kl = whitened_kl(m_t, S_t, logdet_t, False)
         f_mean = mean if prior_mean is None else mean + prior_mean
@@ -69,7 +73,7 @@ class _FusedElbo(torch.autograd.Function):
         total = value.sum()
         if grad:
             ctx.save_for_backward(theta1, theta2, m, S, m_t, D, A_t, L_zz, whiten_L, g_mean,
-                                  g_var)
+                                  g_var, *(parts[1:] if parts is not None else (None, None)))
             ctx.refs = version_refs(theta1, theta2)
             ctx.scale = scale
             ctx.logdet_shape = logdet.shape
@@ -78,23 +82,28 @@ class _FusedElbo(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:
-        theta1, theta2, m, S, m_t, D, A_t, L_zz, whiten_L, g_mean, g_var = ctx.saved_tensors
+        (theta1, theta2, m, S, m_t, D, A_t, L_zz, whiten_L, g_mean, g_var, R,
+         S_raw) = ctx.saved_tensors
         need_q, need_kxx, need_mu, need_L, need_K = (
             ctx.needs_input_grad[0] or ctx.needs_input_grad[1], *ctx.needs_input_grad[2:6])
+        need_wL = R is not None  # (the whitening's factor takes a gradient)
+        need_q = need_q or need_wL
         g_ve = g if ctx.scale is None else g * ctx.scale
         g_mean, g_var = g_ve * g_mean, g_ve * g_var  # ∂/∂μ, ∂/∂v of the ELBO
         L_bar, K_bar, m_bar, S_bar, ld_bar = marginals_backward(
             L_zz, A_t, m_t, D, g_mean, g_var, -g, False,
             (need_L, need_K, need_q, need_q, need_q), ctx.logdet_shape)
-        grad1 = grad2 = None
+        grad1 = grad2 = wL_bar = None
         if need_q:
             if whiten_L is not None:
-                m_bar, S_bar = unwhiten_gradient(whiten_L, m_bar, S_bar)
-            grad1, grad2, eta1, eta2 = natural_moments_backward(
-                theta1, theta2, m, S, m_bar, S_bar, ld_bar)
-            record_expectation_gradient(ctx.refs, grad1, grad2, eta1, eta2)
+                m_bar, S_bar, wL_bar = unwhiten_gradient(
+                    whiten_L, m_bar, S_bar, ld_bar, (m_t, R, S_raw) if need_wL else None)
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                grad1, grad2, eta1, eta2 = natural_moments_backward(
+                    theta1, theta2, m, S, m_bar, S_bar, ld_bar)
+                record_expectation_gradient(ctx.refs, grad1, grad2, eta1, eta2)
         return (grad1, grad2, g_var if need_kxx else None, g_mean if need_mu else None,
-                L_bar, K_bar, None, None, None, None, None, None, None)
+                L_bar, K_bar, None, wL_bar, None, None, None, None, None)
 
 
 def fused_elbo(theta1: Tensor, theta2: Tensor, kxx: Tensor, prior_mean: Tensor | None,
@@ -107,11 +116,11 @@ def fused_elbo(theta1: Tensor, theta2: Tensor, kxx: Tensor, prior_mean: Tensor |
     and the likelihood's scale ``N / B`` (``None``: 1) (module docstring).
 
     The cross block either kept, ``A_t = (L_zz⁻¹ K_zx)ᵀ [N, M]``, or as ``L_zz [M, M]`` and
-    ``K_zx [M, N]`` to solve here (a whitened q; ``overwrite``: ``K_zx`` is the caller's to lose,
-    as in :func:`~natvi.gp.conditionals.marginals`); for a q over ``u`` (not whitened, kept
-    block only) the kept factor as ``whiten_L``. Differentiable in θ and in every tensor given
-    (the hyperparameters' gradients flow through ``L_zz``, ``K_zx``, ``k(x, x)`` and the prior
-    mean). The likelihood must have :attr:`~Likelihood.has_expectation_terms`.
+    ``K_zx [M, N]`` to solve here (``overwrite``: ``K_zx`` is the caller's to lose, as in
+    :func:`~natvi.gp.conditionals.marginals`); for a q over ``u`` (not whitened) the factor
+    again as ``whiten_L``. Differentiable in θ and in every tensor given (the hyperparameters'
+    gradients flow through ``L_zz``, ``K_zx``, ``whiten_L``, ``k(x, x)`` and the prior mean).
+    The likelihood must have :attr:`~Likelihood.has_expectation_terms`.
     """
     return _FusedElbo.apply(theta1, theta2, kxx, prior_mean, L_zz, K_zx, A_t, whiten_L,
                             likelihood, y, scale, overwrite, torch.is_grad_enabled())

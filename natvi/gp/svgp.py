@@ -117,7 +117,7 @@ class SVGP(VariationalGP):
     def _fused_elbo(self, X: Tensor, y: Tensor, num_data: int | None) -> Tensor | None:
         # One node (natvi.gp.fused) for an unbatched q in natural coordinates: with the block
         # kept (fixed prior, from its second call), or solved in the node from the factor and
-        # the cross block, which carry any hyperparameter gradient (a whitened q).
+        # the cross block, which carry any hyperparameter gradient.
         q, lik = self.q, self.likelihood
         if not (self.num_latent == 1 and type(q.parameterization) is Natural and y.dim() == 1
                 and lik.has_expectation_terms
@@ -127,8 +127,6 @@ class SVGP(VariationalGP):
         if "prior" in self._kept():
             L_zz = self._chol_prior()
             solved = self._solved_block(X, L_zz)
-        if solved is None and not self.whiten:
-            return None
         if solved is None and L_zz is None:
             L_zz = self._chol_prior()
         if L_zz.dim() != 2:  # (a kernel with a batch shape of its own: node by node; reading
@@ -141,7 +139,8 @@ class SVGP(VariationalGP):
                               whiten_L=None if self.whiten else L_zz)
         K_zx, owned = cross_kernel_block(self.kernel, self.inducing_points, X)
         return fused_elbo(*q.xi(), kernel_diag(self.kernel, X), prior_mean, lik, y, scale,
-                          L_zz=L_zz, K_zx=K_zx, overwrite=owned)
+                          L_zz=L_zz, K_zx=K_zx, whiten_L=None if self.whiten else L_zz,
+                          overwrite=owned)
 
     def _qf_and_kl(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         L_zz = self._chol_prior()

@@ -112,13 +112,14 @@ def test_fused_elbo_equals_the_node_by_node_path(name, mean, num_data, whiten):
                                    rtol=1e-14, atol=0.0)
 
 
-@pytest.mark.parametrize("mode", ["kept_whitened", "kept_unwhitened", "solved"])
+@pytest.mark.parametrize("mode", ["kept_whitened", "kept_unwhitened", "solved",
+                                  "solved_unwhitened"])
 def test_fused_elbo_gradcheck(mode):
     from natvi.gp.conditionals import cross_kernel_block
     from natvi.gp.fused import fused_elbo
 
     X, y = _data("bernoulli", n=20)
-    model = _model("bernoulli", X, whiten=mode != "kept_unwhitened")
+    model = _model("bernoulli", X, whiten=not mode.endswith("unwhitened"))
     with torch.no_grad():
         model.elbo(X, y)
         model.elbo(X, y)  # (the prior and the block kept)
@@ -126,12 +127,14 @@ def test_fused_elbo_gradcheck(mode):
     A_t, kxx = model._solved_block(X, L_zz)
     t1, t2 = (p.detach().clone().requires_grad_(True) for p in model.q.parameters())
     lik = model.likelihood
-    if mode == "solved":
+    if mode.startswith("solved"):
         K_zx = cross_kernel_block(model.kernel, model.inducing_points, X)[0].detach().clone()
         inputs = (t1, t2, kxx.clone(), torch.full_like(kxx, 0.3), L_zz.clone(), K_zx)
         inputs = tuple(x.requires_grad_(True) for x in inputs)
+        unwhitened = mode == "solved_unwhitened"
         assert torch.autograd.gradcheck(
-            lambda a, b, k, mu, L, K: fused_elbo(a, b, k, mu, lik, y, 3.0, L_zz=L, K_zx=K),
+            lambda a, b, k, mu, L, K: fused_elbo(a, b, k, mu, lik, y, 3.0, L_zz=L, K_zx=K,
+                                                 whiten_L=L if unwhitened else None),
             inputs)
         return
     L = None if mode == "kept_whitened" else L_zz
@@ -144,27 +147,26 @@ def test_a_natural_fit_takes_the_fused_path_and_ends_where_the_plain_one_does():
 
     X, y = _data("bernoulli")
     ends = []
-    for reuse in (True, False):
-        model = _model("bernoulli", X, reuse=reuse, whiten=False)
+    for fused in (True, False):
+        model = _model("bernoulli", X, whiten=False)
         opt = NaturalGradient.for_model(model, lr=0.5)
         for _ in range(15):
             opt.zero_grad()
-            elbo = model.elbo(X, y)
+            elbo = model.elbo(X, y) if fused else _node_by_node_elbo(model, X, y)
             (-elbo).backward()
             opt.step()
-        assert _is_fused(elbo) == reuse
+        assert _is_fused(elbo) == fused
         ends.append([p.detach().clone() for p in model.q.parameters()])
     for a, b in zip(*ends):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("case", ["noise_learns", "unwhitened_kernel_learns", "mean_cholesky",
-                                  "multi_latent", "batched_kernel"])
+@pytest.mark.parametrize("case", ["noise_learns", "mean_cholesky", "multi_latent",
+                                  "batched_kernel"])
 def test_the_fused_path_is_not_taken_where_it_does_not_apply(case):
     name = "gaussian"
     X, y = _data(name)
-    kw = {"mean_cholesky": {"parameterization": MeanCholesky()},
-          "unwhitened_kernel_learns": {"whiten": False}}.get(case, {})
+    kw = {"mean_cholesky": {"parameterization": MeanCholesky()}}.get(case, {})
     if case == "multi_latent":
         model = SVGP(gpytorch.kernels.RBFKernel().to(F64), Softmax(3), X[::5].clone(),
                      num_latent=3, learn_inducing=False)
@@ -176,15 +178,13 @@ def test_the_fused_path_is_not_taken_where_it_does_not_apply(case):
     if case == "batched_kernel":
         model.kernel = gpytorch.kernels.RBFKernel(batch_shape=torch.Size([1])).to(F64)
         model.kernel.raw_lengthscale.requires_grad_(False)
-    if case == "unwhitened_kernel_learns":
-        model.kernel.raw_outputscale.requires_grad_(True)
     if case == "noise_learns":
         model.likelihood.raw_noise.requires_grad_(True)
     for _ in range(2):
         elbo = model.elbo(X, y)
     assert not _is_fused(elbo)
     elbo.backward()
-    if case in ("unwhitened_kernel_learns", "noise_learns"):
+    if case == "noise_learns":
         learned = [p for p in model.hyperparameters() if p.requires_grad]
         assert learned and all(p.grad is not None and p.grad.abs().sum() > 0 for p in learned)
 
@@ -213,11 +213,12 @@ def test_fused_natural_step_default_q_is_natural():
 
 @pytest.mark.parametrize("name", ["bernoulli", "poisson"])
 @pytest.mark.parametrize("learned", ["kernel", "inducing", "mean", "inputs", "nothing_kept"])
-def test_fused_elbo_with_a_prior_that_learns_equals_the_node_by_node_path(name, learned):
+@pytest.mark.parametrize("whiten", [True, False])
+def test_fused_elbo_with_a_prior_that_learns_equals_the_node_by_node_path(name, learned, whiten):
     X, y = _data(name)
     models = []
     for _ in range(2):
-        m = _model(name, X, mean=True)
+        m = _model(name, X, mean=True, whiten=whiten)
         if learned == "kernel":
             for p in m.kernel.parameters():
                 p.requires_grad_(True)
