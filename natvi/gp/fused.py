@@ -46,6 +46,9 @@ from natvi.likelihoods.base import Likelihood
 
 __all__ = ["fused_elbo"]
 
+_DIFFERENTIABLE = (0, 1, 2, 3, 4, 5, 7)  # θ1, θ2, k(x, x), μ_prior, L_zz, K_zx, whiten_L
+
+
 class _FusedElbo(torch.autograd.Function):
     """``(θ1, θ2, k(x, x), μ_prior, L_zz, K_zx) -> ELBO`` (module docstring): ``Aᵀ`` kept
     (``A_t`` given; ``L_zz, K_zx`` ``None``) or solved here from ``L_zz`` and ``K_zx``."""
@@ -56,7 +59,7 @@ class _FusedElbo(torch.autograd.Function):
                 whiten_L: Tensor | None, likelihood: Likelihood, y: Tensor,
                 scale: float | None, overwrite: bool, grad_mode: bool) -> Tensor:
         # (needs_input_grad does not see torch.no_grad(); the caller's grad mode is passed in)
-        grad = grad_mode and any(ctx.needs_input_grad[:6])
+        grad = grad_mode and any(ctx.needs_input_grad[i] for i in _DIFFERENTIABLE)
         if A_t is None:
             A_t = solve_block(L_zz, K_zx, overwrite and not ctx.needs_input_grad[5])
         m, S, logdet = natural_moments(theta1, theta2, grad)
@@ -65,7 +68,7 @@ class _FusedElbo(torch.autograd.Function):
             m_t, S_t, logdet_t = m, S, logdet
         else:
             m_t, S_t, logdet_t, R, S_raw = whiten_full(m, S, whiten_L, logdet)
-            parts = (m_t, R, S_raw) if ctx.needs_input_grad[7] else None
+            parts = (m_t, R, S_raw) if grad and ctx.needs_input_grad[7] else None
         mean, var, D = marginals_forward(A_t, m_t, S_t, False)
         kl = whitened_kl(m_t, S_t, logdet_t, False)
         f_mean = mean if prior_mean is None else mean + prior_mean
@@ -118,8 +121,9 @@ def fused_elbo(theta1: Tensor, theta2: Tensor, kxx: Tensor, prior_mean: Tensor |
     The cross block either kept, ``A_t = (L_zz⁻¹ K_zx)ᵀ [N, M]``, or as ``L_zz [M, M]`` and
     ``K_zx [M, N]`` to solve here (``overwrite``: ``K_zx`` is the caller's to lose, as in
     :func:`~natvi.gp.conditionals.marginals`); for a q over ``u`` (not whitened) the factor
-    again as ``whiten_L``. Differentiable in θ and in every tensor given (the hyperparameters'
-    gradients flow through ``L_zz``, ``K_zx``, ``whiten_L``, ``k(x, x)`` and the prior mean).
+    again as ``whiten_L``. Differentiable in θ and in every tensor given but a kept ``A_t``
+    (the hyperparameters' gradients flow through ``L_zz``, ``K_zx``, ``whiten_L``, ``k(x, x)``
+    and the prior mean).
     The likelihood must have :attr:`~Likelihood.has_expectation_terms`.
     """
     return _FusedElbo.apply(theta1, theta2, kxx, prior_mean, L_zz, K_zx, A_t, whiten_L,
