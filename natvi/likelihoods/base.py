@@ -144,8 +144,9 @@ class _GaussHermite1D(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, f_mean, f_var, likelihood, y, z, w, wz):
-        grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    def forward(ctx, f_mean, f_var, likelihood, y, z, w, wz, grad_mode):
+        # (needs_input_grad does not see torch.no_grad(); the caller's grad mode is passed in)
+        grad = grad_mode and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         value, g_mean, g_var = gauss_hermite_terms(likelihood, f_mean, f_var, y, z, w, wz, grad)
         if grad:
             ctx.save_for_backward(g_mean, g_var)
@@ -155,7 +156,7 @@ class _GaussHermite1D(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         g_mean, g_var = ctx.saved_tensors
-        return grad * g_mean, grad * g_var, None, None, None, None, None
+        return grad * g_mean, grad * g_var, None, None, None, None, None, None
 
 
 def _is_number(value: Any) -> bool:
@@ -327,7 +328,8 @@ class Likelihood(nn.Module):
     def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
         if self.analytic_derivatives and self.num_latent == 1:
             z, w, wz = _gh_1d(self.num_gh, f_mean.dtype, f_mean.device)
-            return _GaussHermite1D.apply(f_mean, f_var, self, y, z, w, wz)
+            return _GaussHermite1D.apply(f_mean, f_var, self, y, z, w, wz,
+                                         torch.is_grad_enabled())
         return self.quadrature_expectations(f_mean, f_var, y)
 
     def expectation_terms(

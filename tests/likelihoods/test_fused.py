@@ -232,3 +232,21 @@ def test_seeded_softmax_draws_are_made_once_and_equal_a_fresh_generator():
     assert torch.equal(a, torch.cat([eps, -eps]))
     unseeded = Softmax(3, num_samples=7, seed=None)
     assert not torch.equal(unseeded._draws(7, (5, 3), like), unseeded._draws(7, (5, 3), like))
+
+
+def test_fused_expectation_takes_no_derivatives_under_no_grad(monkeypatch):
+    import natvi.likelihoods.base as base
+
+    f_mean, f_var, y = _inputs()
+    f_mean.requires_grad_(True)
+    lik = Bernoulli()
+    with_grad = lik.variational_expectations(f_mean, f_var, y)
+    calls = []
+    real = base.variance_gradient
+    monkeypatch.setattr(base, "variance_gradient", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        value = lik.variational_expectations(f_mean, f_var, y)
+    assert not calls and value.grad_fn is None
+    torch.testing.assert_close(value, with_grad.detach(), rtol=0.0, atol=0.0)
+    lik.variational_expectations(f_mean, f_var, y).sum().backward()
+    assert calls and f_mean.grad is not None
