@@ -13,7 +13,7 @@ from torch import Tensor
 from natvi._validation import check_finite
 
 __all__ = ["symmetrize", "cholesky", "cho_inverse", "cho_solve_vec", "cholesky_inverse",
-           "batch_shape", "identity"]
+           "batch_shape", "identity", "cholesky_failed"]
 
 # Identity matrices by (n, dtype, device), for hot paths that subtract or add one every step
 # (building ``torch.eye`` costs an allocation and a fill each time). Read-only: never written.
@@ -43,7 +43,7 @@ def cholesky(A: Tensor, name: str) -> Tensor:
     instead of torch's ``LinAlgError`` deep in a stack.
     """
     L, info = torch.linalg.cholesky_ex(symmetrize(A))
-    if bool((info > 0).any()):
+    if cholesky_failed(info):
         check_finite(name, A)
         raise ValueError(
             f"{name} is not positive definite (Cholesky failed at column "
@@ -51,6 +51,12 @@ def cholesky(A: Tensor, name: str) -> Tensor:
             "came from an optimisation step, use a smaller step size or a safeguard."
         )
     return L
+
+
+def cholesky_failed(info: Tensor) -> bool:
+    """Whether ``torch.linalg.cholesky_ex``'s ``info`` reports a failed factorisation (one host
+    read for an unbatched matrix, a reduction first for a batch)."""
+    return bool(info.item()) if info.dim() == 0 else bool(info.any())
 
 
 def cho_inverse(L: Tensor) -> Tensor:

@@ -15,7 +15,13 @@ import weakref
 import torch
 from torch import Tensor
 
-from natvi._linalg import cho_solve_vec, cholesky, cholesky_inverse, symmetrize
+from natvi._linalg import (
+    cho_solve_vec,
+    cholesky,
+    cholesky_failed,
+    cholesky_inverse,
+    symmetrize,
+)
 from natvi._validation import all_finite
 
 __all__ = ["natural_moments", "natural_moments_backward", "precision",
@@ -58,7 +64,7 @@ def _round_trip_ok(P: Tensor, S: Tensor, m: Tensor) -> bool:
     if not all_finite(back):
         return False
     _, info = torch.linalg.cholesky_ex(back)
-    return info.item() == 0 if info.dim() == 0 else bool((info == 0).all())
+    return not cholesky_failed(info)
 
 
 # What in_domain computed for the last q it accepted, one per (shape, dtype, device): the

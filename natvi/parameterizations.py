@@ -40,7 +40,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from natvi._linalg import cho_inverse, cho_solve_vec, cholesky, cholesky_inverse, symmetrize
+from natvi._linalg import (
+    cho_inverse,
+    cho_solve_vec,
+    cholesky,
+    cholesky_failed,
+    cholesky_inverse,
+    symmetrize,
+)
 from natvi._moments import (
     _NaturalMoments,
     _round_trip_ok,
@@ -123,7 +130,7 @@ class Parameterization:
             return ok and all_finite(m)
         P = precision(theta2)
         L_P, info = torch.linalg.cholesky_ex(P)
-        if info.item() if info.dim() == 0 else bool(info.any()):
+        if cholesky_failed(info):
             return False
         S, m = cholesky_inverse(L_P), cho_solve_vec(theta1, L_P)  # (no derivative taken here)
         ok = _round_trip_ok(P, S, m)  # (False for a non-finite S or m: the fallback checks)

@@ -14,8 +14,8 @@ in a q-only phase). Every call compares them, so an in-place change is seen;
 ``model.reuse_fixed_prior = False`` recomputes everything at every call. With q in
 :class:`~natvi.parameterizations.Natural` coordinates, one latent function and a likelihood with
 closed-form expectation terms, an SVGP's ELBO is one autograd node whose reverse mode is written
-out (:mod:`natvi.gp.fused`; a q over ``u`` only with the prior kept): the same formulas as node
-by node, with no graph between them.
+out (:mod:`natvi.gp.fused`, whitened or not, with the prior kept or learned): the same formulas
+as node by node, with no graph between them.
 """
 
 from __future__ import annotations

@@ -113,12 +113,12 @@ def variance_gradient(
 
 
 def gauss_hermite_terms(
-    likelihood: Likelihood, f_mean: Tensor, f_var: Tensor, y: Tensor, z: Tensor, w: Tensor,
-    wz: Tensor, grad: bool,
+    likelihood: Likelihood, f_mean: Tensor, f_var: Tensor, y: Tensor, grad: bool
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """``(Σ_k w_k log p(y_n | μ_n + √v_n z_k), ∂/∂μ_n, ∂/∂v_n)`` ``[N]`` each (the last two
-    ``None`` unless ``grad``), no autograd: the fused expectation's forward pass
-    (:class:`_GaussHermite1D`), from the likelihood's analytic derivatives."""
+    ``None`` unless ``grad``), no autograd, from the likelihood's analytic derivatives on its
+    cached Gauss–Hermite grid (:meth:`Likelihood.expectation_terms` of the base class)."""
+    z, w, wz = _gh_1d(likelihood.num_gh, f_mean.dtype, f_mean.device)
     sd = f_var.clamp_min(0).sqrt()
     value, g_mean, g_var = likelihood._gauss_hermite_sums(f_mean, sd, y, z, w, wz, grad)
     if grad:
@@ -128,26 +128,24 @@ def gauss_hermite_terms(
     return value, g_mean, g_var
 
 
-class _GaussHermite1D(torch.autograd.Function):
-    """``(μ [N], v [N]) -> Σ_k w_k log p(y_n | μ_n + √v_n z_k)`` with a closed-form backward.
+class _ExpectationTerms(torch.autograd.Function):
+    """``(μ [N], v [N]) -> E_{N(μ_n, v_n)}[log p(y_n | f)]`` ``[N]`` with a closed-form backward
+    from :meth:`Likelihood.expectation_terms`, which gives the value and, in the same pass,
 
-    The forward pass evaluates ``log p`` and its analytic derivative ``∂_f log p`` on the
-    ``[K, N]`` grid once and reduces both to ``[N]`` vectors, so the backward pass is two
-    products instead of a replay of the grid:
+        ∂/∂μ_n = E[∂_f log p],       ∂/∂v_n = ½ E[∂²_f log p]
 
-        ∂/∂μ_n = Σ_k w_k ∂_f log p(F_kn),       ∂/∂v_n = Σ_k w_k z_k ∂_f log p(F_kn) / (2 √v_n)
-
-    — exactly what autodiff of the quadrature computes (the second is Price's
-    ``½ E[∂²_f log p]`` on the same grid up to quadrature error). At ``v_n = 0`` autodiff would
-    give ``∞ · 0``; the limit ``½ ∂²_f log p(μ_n)`` is used there, and 0 for ``v_n < 0`` (where
-    the variance is clamped to 0).
+    — for the fused Gauss–Hermite path ``Σ_k w_k ∂_f log p(F_kn)`` and
+    ``Σ_k w_k z_k ∂_f log p(F_kn) / (2 √v_n)``, exactly what autodiff of the quadrature computes,
+    so the backward pass is two products instead of a replay of the ``[K, N]`` grid (at
+    ``v_n = 0``, where autodiff would give ``∞ · 0``, the limit ``½ ∂²_f log p(μ_n)``; 0 for
+    ``v_n < 0``, where the variance is clamped to 0).
     """
 
     @staticmethod
-    def forward(ctx, f_mean, f_var, likelihood, y, z, w, wz, grad_mode):
+    def forward(ctx, f_mean, f_var, likelihood, y, grad_mode):
         # (needs_input_grad does not see torch.no_grad(); the caller's grad mode is passed in)
         grad = grad_mode and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
-        value, g_mean, g_var = gauss_hermite_terms(likelihood, f_mean, f_var, y, z, w, wz, grad)
+        value, g_mean, g_var = likelihood.expectation_terms(f_mean, f_var, y, grad)
         if grad:
             ctx.save_for_backward(g_mean, g_var)
         return value
@@ -156,7 +154,7 @@ class _GaussHermite1D(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         g_mean, g_var = ctx.saved_tensors
-        return grad * g_mean, grad * g_var, None, None, None, None, None, None
+        return grad * g_mean, grad * g_var, None, None, None
 
 
 def _is_number(value: Any) -> bool:
@@ -326,10 +324,8 @@ class Likelihood(nn.Module):
         return self._variational_expectations(f_mean, f_var, y)
 
     def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
-        if self.analytic_derivatives and self.num_latent == 1:
-            z, w, wz = _gh_1d(self.num_gh, f_mean.dtype, f_mean.device)
-            return _GaussHermite1D.apply(f_mean, f_var, self, y, z, w, wz,
-                                         torch.is_grad_enabled())
+        if self.has_expectation_terms:
+            return _ExpectationTerms.apply(f_mean, f_var, self, y, torch.is_grad_enabled())
         return self.quadrature_expectations(f_mean, f_var, y)
 
     def expectation_terms(
@@ -339,21 +335,27 @@ class Likelihood(nn.Module):
         without autograd (the derivatives only if ``grad``), for a one-latent likelihood whose
         own parameters take no gradient.
 
-        Used, where :attr:`has_expectation_terms`, by a model that differentiates its whole
-        ELBO in closed form (:mod:`natvi.gp.fused`). The base class gives the fused
-        Gauss–Hermite terms where :meth:`log_prob_derivatives` is defined; a likelihood with a
-        closed-form expectation gives its own (tested against autodiff of it).
+        Used, where :attr:`has_expectation_terms`, for the fused Gauss–Hermite expectation and
+        by a model that differentiates its whole ELBO in closed form (:mod:`natvi.gp.fused`).
+        The base class gives the Gauss–Hermite terms from :meth:`log_prob_derivatives`; a
+        likelihood with a closed-form expectation defines both this and
+        :meth:`_variational_expectations` (as this method's value; tested against autodiff).
         """
-        z, w, wz = _gh_1d(self.num_gh, f_mean.dtype, f_mean.device)
-        return gauss_hermite_terms(self, f_mean, f_var, y, z, w, wz, grad)
+        return gauss_hermite_terms(self, f_mean, f_var, y, grad)
 
     @property
     def has_expectation_terms(self) -> bool:
-        """Whether :meth:`expectation_terms` applies now: one latent, no gradient to the
-        likelihood's own parameters, and the fused Gauss–Hermite path (or a subclass's closed
-        form, which overrides this)."""
-        return (self.num_latent == 1 and self.analytic_derivatives
-                and _defined_in(type(self), "_variational_expectations") is Likelihood)
+        """Whether :meth:`expectation_terms` applies now: one latent function, the expectation
+        and its terms defined by the same class (a subclass that overrides one of them only
+        keeps autodiff), and no gradient to the likelihood's own parameters; in the base class
+        also :attr:`analytic_derivatives`."""
+        cls = type(self)
+        owner = _defined_in(cls, "expectation_terms")
+        if self.num_latent != 1 or _defined_in(cls, "_variational_expectations") is not owner:
+            return False
+        if owner is Likelihood:
+            return self.analytic_derivatives
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
 
     def quadrature_expectations(
         self, f_mean: Tensor, f_var: Tensor, y: Tensor, num_points: int | None = None

@@ -50,21 +50,14 @@ class Gaussian(Likelihood):
         return self.noise.expand_as(F)
 
     def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
-        s2 = self.noise
-        return -0.5 * (_LOG_2PI + s2.log() + ((y - f_mean) ** 2 + f_var) / s2)
-
-    @property
-    def has_expectation_terms(self) -> bool:  # (with the noise fixed)
-        return (type(self)._variational_expectations is Gaussian._variational_expectations
-                and type(self).expectation_terms is Gaussian.expectation_terms
-                and not (torch.is_grad_enabled() and self.raw_noise.requires_grad))
+        return self.expectation_terms(f_mean, f_var, y, False)[0]
 
     def expectation_terms(self, f_mean: Tensor, f_var: Tensor, y: Tensor, grad: bool):
-        # ∂/∂μ = (y − μ) / σ²,  ∂/∂v = −1 / (2σ²)
-        value = self._variational_expectations(f_mean, f_var, y)
+        # E[log p] = −½ (log 2πσ² + ((y − μ)² + v) / σ²):  ∂/∂μ = (y − μ) / σ²,  ∂/∂v = −1 / (2σ²)
+        s2 = self.noise
+        value = -0.5 * (_LOG_2PI + s2.log() + ((y - f_mean) ** 2 + f_var) / s2)
         if not grad:
             return value, None, None
-        s2 = self.noise
         return value, (y - f_mean) / s2, (-0.5 / s2).expand_as(f_mean)
 
     def _predict_log_density(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:

@@ -210,12 +210,7 @@ class Poisson(Likelihood):
         return torch.exp(F)
 
     def _variational_expectations(self, f_mean: Tensor, f_var: Tensor, y: Tensor) -> Tensor:
-        return Poisson.expectation_terms(self, f_mean, f_var, y, False)[0]
-
-    @property
-    def has_expectation_terms(self) -> bool:
-        return type(self)._variational_expectations is Poisson._variational_expectations and (
-            type(self).expectation_terms is Poisson.expectation_terms)
+        return self.expectation_terms(f_mean, f_var, y, False)[0]
 
     def expectation_terms(self, f_mean: Tensor, f_var: Tensor, y: Tensor, grad: bool):
         # E[log p] = y μ − e^{μ + v/2} − log y!:  ∂/∂μ = y − e^{μ + v/2},  ∂/∂v = −½ e^{μ + v/2}

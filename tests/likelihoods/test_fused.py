@@ -250,3 +250,47 @@ def test_fused_expectation_takes_no_derivatives_under_no_grad(monkeypatch):
     torch.testing.assert_close(value, with_grad.detach(), rtol=0.0, atol=0.0)
     lik.variational_expectations(f_mean, f_var, y).sum().backward()
     assert calls and f_mean.grad is not None
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "poisson", "gaussian"])
+def test_expectation_terms_are_the_expectation_and_its_autodiff_derivatives(name):
+    from natvi.likelihoods import Gaussian, Poisson
+
+    f_mean, f_var, y = _inputs()
+    f_mean, f_var = f_mean.detach(), f_var.detach()
+    if name == "poisson":
+        lik, y = Poisson(), torch.round(3.0 * y + 1.0)
+    elif name == "gaussian":
+        lik = Gaussian(noise=0.3)
+        lik.raw_noise.requires_grad_(False)
+    else:
+        lik = Bernoulli()
+    assert lik.has_expectation_terms
+    value, g_mean, g_var = lik.expectation_terms(f_mean, f_var, y, True)
+    mu, v = f_mean.clone().requires_grad_(), f_var.clone().requires_grad_()
+    # the reference: autodiff of the closed form, or of the generic quadrature for Bernoulli
+    ref = (lik.quadrature_expectations(mu, v, y) if name == "bernoulli"
+           else type(lik)._variational_expectations(lik, mu, v, y))
+    d_mu, d_v = torch.autograd.grad(ref.sum(), (mu, v))
+    torch.testing.assert_close(value, ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_mean, d_mu, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_var, d_v, rtol=1e-10, atol=1e-12)
+
+
+def test_expectation_terms_need_the_expectation_from_the_same_class():
+    from natvi.likelihoods import Gaussian, Poisson
+
+    class OnlyExpectation(Poisson):
+        def _variational_expectations(self, f_mean, f_var, y):
+            return super()._variational_expectations(f_mean, f_var, y)
+
+    class OnlyTerms(Poisson):
+        def expectation_terms(self, f_mean, f_var, y, grad):
+            return super().expectation_terms(f_mean, f_var, y, grad)
+
+    assert Poisson().has_expectation_terms
+    assert not OnlyExpectation().has_expectation_terms
+    assert not OnlyTerms().has_expectation_terms
+    assert not Gaussian().has_expectation_terms  # (a learnable noise)
+    with torch.no_grad():
+        assert Gaussian().has_expectation_terms
