@@ -82,12 +82,16 @@ from torch import Tensor
 from torch.distributions import register_kl
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from natvi._linalg import batch_shape
+from natvi.gp.base import _same, _snapshot
 from natvi.gp.conditionals import (
     _stationary_form,
+    fixed_kernel_state,
     kernel_diag,
     kernel_matrix,
     marginals,
     minus_identity,
+    solve_block,
     standard_kl,
     whiten_q,
 )
@@ -225,16 +229,23 @@ class _KnownDiagonal(MatmulLinearOperator):
         return self._known_diagonal
 
 
-def _full_output(mu_x: Tensor, L_zz: Tensor, K_zx: Tensor, data_data, m_t: Tensor, S_t: Tensor,
-                 diagonal: bool) -> MultivariateNormal:
+def _full_output(mu_x: Tensor, L_zz: Tensor, K_zx: Tensor | None, A_t: Tensor | None, data_data,
+                 m_t: Tensor, S_t: Tensor, diagonal: bool) -> MultivariateNormal:
     """q(f) with ``diag=False`` in training, from the whitened q ``(m̃, S̃)``: the mean and the
     variances by :func:`~natvi.gp.conditionals.marginals`, and the full covariance
-    ``data_data + K_xz C K_zx``, ``C = L_zz⁻ᵀ (S̃ − I) L_zz⁻¹``, evaluated only on demand; its
-    diagonal is those variances (the multi-output wrappers ask for ``diag=False``, and in
-    training GPyTorch's likelihoods read only the variances)."""
-    mean, var_update = marginals(L_zz, K_zx, torch.zeros((), dtype=m_t.dtype, device=m_t.device),
-                                 m_t, S_t, diagonal)
+    ``data_data + K_xz C K_zx``, ``C = L_zz⁻ᵀ (S̃ − I) L_zz⁻¹`` — or, from a kept solved block
+    ``A_t = (L_zz⁻¹ K_zx)ᵀ`` (``K_zx`` then ``None``), the same ``data_data + A_t (S̃ − I) A_tᵀ``
+    — evaluated only on demand; its diagonal is those variances (the multi-output wrappers ask
+    for ``diag=False``, and in training GPyTorch's likelihoods read only the variances)."""
+    zero = torch.zeros((), dtype=m_t.dtype, device=m_t.device)
+    mean, var_update = marginals(L_zz, K_zx, zero, m_t, S_t, diagonal, solved=A_t)
     D = minus_identity(S_t, diagonal)
+    if A_t is not None:
+        batch = batch_shape(A_t.shape[:-2], D.shape[:-2])
+        A_t = A_t.expand(*batch, *A_t.shape[-2:])
+        update = _KnownDiagonal(A_t, MatmulLinearOperator(D.expand(*batch, *D.shape[-2:]),
+                                                          A_t.mT), var_update)
+        return MultivariateNormal(mu_x + mean, SumLinearOperator(data_data, update))
     C = torch.linalg.solve_triangular(L_zz.mT, D, upper=True)  # L⁻ᵀ (S̃ − I)
     C = torch.linalg.solve_triangular(L_zz.mT, C.mT, upper=True)  # L⁻ᵀ (S̃ − I) L⁻¹
     update = _KnownDiagonal(K_zx.mT, MatmulLinearOperator(C, K_zx), var_update)
@@ -269,9 +280,18 @@ def _kl_strategy_mvn(q: _StrategyMVN, p: MultivariateNormal) -> Tensor:
 
 
 class _FromMoments:
-    """What natvi's strategies share: the distribution check, and q's moments ``(m, S, log det
+    """What natvi's strategies share: the distribution check, q's moments ``(m, S, log det
     S)`` from one ``q.moments()`` call per forward pass (GPyTorch's cache rules: cleared at
-    every training call), which q(f), the KL and ``variational_distribution`` all read."""
+    every training call), which q(f), the KL and ``variational_distribution`` all read, and the
+    prior's blocks of a training pass (:meth:`_prior`), kept while the prior is fixed."""
+
+    #: Keep ``L_zz`` and the solved cross block ``(L_zz⁻¹ K_zx)ᵀ`` across training passes while
+    #: the prior is fixed: a closed-form kernel (:func:`~natvi.gp.conditionals.kernel_matrix`)
+    #: whose hyperparameters take no gradient, and inducing inputs and inputs that take none,
+    #: all equal by value to those the blocks were computed from (compared at every pass, so an
+    #: in-place change is seen), with the same ``jitter_val`` — as natvi's own
+    #: ``SVGP.reuse_fixed_prior``. ``False`` recomputes them at every pass.
+    reuse_fixed_prior: bool = True
 
     def __init__(
         self,
@@ -317,38 +337,73 @@ class _FromMoments:
             return None
         return self.kl_divergence() if prior is own else None
 
-    def _prior_blocks(self, x: Tensor, inducing_points: Tensor, **kwargs):
-        """``(μ_z, μ_x, K_zz, K_zx, k_xx, data_data, owned)`` from one evaluation of the model's
-        prior at ``[Z; X]`` (``K_zz`` and ``K_xz`` as one ``[M + N, M]`` kernel block, so that
-        ``K_zx = K_xzᵀ`` is column-major: the triangular solve with it copies nothing);
-        ``data_data()`` is the lazy ``K_xx`` (only ``diag=False`` asks for it).
+    def _prior(self, x: Tensor, inducing_points: Tensor, **kwargs) -> tuple:
+        """The prior's blocks for a training pass: ``(μ_z, μ_x, L_zz, K_zx, A_t, k_xx,
+        data_data, owned)`` from one evaluation of the model's prior at ``[Z; X]`` (``K_zz``
+        and ``K_xz`` as one ``[M + N, M]`` kernel block, so that ``K_zx = K_xzᵀ`` is
+        column-major: the triangular solve with it copies nothing); ``data_data()`` is the lazy
+        ``K_xx`` (only ``diag=False`` asks for it); ``L_zz`` is :meth:`_factor` of ``K_zz``.
 
         When the model's forward returns its kernel lazily (GPyTorch's default) and the kernel is
-        one of natvi's closed forms (:func:`~natvi.gp.conditionals.kernel_matrix`), the block
+        one of natvi's closed forms (:func:`~natvi.gp.conditionals.kernel_matrix`), the blocks
         and ``k_xx`` are natvi's (``owned``: a fresh tensor :func:`marginals` may overwrite);
-        otherwise GPyTorch evaluates them."""
+        otherwise GPyTorch evaluates them. While the prior is fixed (:attr:`reuse_fixed_prior`)
+        ``L_zz``, ``k_xx`` and ``A_t = (L_zz⁻¹ K_zx)ᵀ`` are kept, and ``K_zx`` is ``None``;
+        otherwise ``A_t`` is ``None``."""
         M = inducing_points.size(-2)
         full_output = self.model.forward(torch.cat([inducing_points, x], dim=-2), **kwargs)
         full_covar = full_output.lazy_covariance_matrix
         mean = full_output.mean
+        mu_z, mu_x = mean[..., :M], mean[..., M:]
+
+        def data_data():
+            return full_covar[..., M:, M:]
+
+        key = self._fixed_prior_key(full_covar)
+        kept = self.__dict__.get("_natvi_kept_prior")
+        if key is not None and kept is not None and _same(kept[0], key):
+            return mu_z, mu_x, kept[1], None, kept[2], kept[3], data_data, False
         K_z, kxx = _closed_form_blocks(full_covar, M)
         owned = K_z is not None
         if not owned:
             K_z = full_covar[..., :, :M].to_dense()
             kxx = full_covar[..., M:, M:].diagonal(dim1=-1, dim2=-2)
-        return (mean[..., :M], mean[..., M:], K_z[..., :M, :], K_z[..., M:, :].mT, kxx,
-                lambda: full_covar[..., M:, M:], owned)
+        L_zz, K_zx = self._factor(K_z[..., :M, :]), K_z[..., M:, :].mT
+        if key is None:
+            self.__dict__.pop("_natvi_kept_prior", None)
+            return mu_z, mu_x, L_zz, K_zx, None, kxx, data_data, owned
+        with torch.no_grad():
+            A_t = solve_block(L_zz, K_zx, owned)
+        self.__dict__["_natvi_kept_prior"] = (_snapshot(key), L_zz, A_t, kxx)
+        return mu_z, mu_x, L_zz, None, A_t, kxx, data_data, False
+
+    def _fixed_prior_key(self, covar) -> tuple | None:
+        """What the prior's blocks are computed from when they may be kept (see
+        :attr:`reuse_fixed_prior`), else ``None``."""
+        X = _lazy_kernel_input(covar) if self.reuse_fixed_prior else None
+        if X is None or (torch.is_grad_enabled() and X.requires_grad):
+            return None
+        state = fixed_kernel_state(covar.kernel, X)
+        if state is None:
+            return None
+        return (*state, X, float(self.jitter_val), _linalg_dtype_cholesky.value())
+
+
+def _lazy_kernel_input(covar) -> Tensor | None:
+    """The inputs ``X`` of GPyTorch's lazily evaluated ``k(X, X)`` when natvi can evaluate it
+    in closed form (no extra kernel arguments), else ``None``."""
+    if not isinstance(covar, LazyEvaluatedKernelTensor) or covar.params or (
+            covar.last_dim_is_batch or covar.x1 is not covar.x2):
+        return None
+    return covar.x1 if _stationary_form(covar.kernel, covar.x1) is not None else None
 
 
 def _closed_form_blocks(covar, M: int) -> tuple[Tensor | None, Tensor | None]:
     """``(k([Z; X], Z) [*b, M + N, M], k(x, x) [*b, N])`` in natvi's closed form when ``covar``
     is GPyTorch's lazily evaluated ``k([Z; X], [Z; X])`` of a closed-form kernel (no extra
     kernel arguments), else ``(None, None)``."""
-    if not isinstance(covar, LazyEvaluatedKernelTensor) or covar.params or (
-            covar.last_dim_is_batch or covar.x1 is not covar.x2):
-        return None, None
-    X = covar.x1
-    if _stationary_form(covar.kernel, X) is None:
+    X = _lazy_kernel_input(covar)
+    if X is None:
         return None, None
     return kernel_matrix(covar.kernel, X, X[..., :M, :]), kernel_diag(covar.kernel, X[..., M:, :])
 
@@ -372,7 +427,10 @@ class NatviVariationalStrategy(_FromMoments, VariationalStrategy):
     :func:`natvi.gp.conditionals.marginals`, whose backward skips ``∂/∂K_zx`` when
     hyperparameters and ``Z`` are fixed; ``K_zz`` and ``K_zx`` come from one kernel evaluation.
     With ``diag=False`` (``IndependentMultitaskVariationalStrategy``, ``LMCVariationalStrategy``)
-    the full covariance is kept lazy behind those variances. Eval mode is GPyTorch's.
+    the full covariance is kept lazy behind those variances. While the prior is fixed
+    (hyperparameters frozen and ``Z`` not learned, a closed-form kernel: see
+    :attr:`reuse_fixed_prior`) ``L_zz`` and ``A`` are kept across training passes, compared by
+    value at every pass. Eval mode is GPyTorch's.
 
     ``variational_distribution`` is ``MultivariateNormal(m, S)`` with S a dense operator (a
     diagonal one for a mean-field q); this strategy never solves with S.
@@ -388,18 +446,22 @@ class NatviVariationalStrategy(_FromMoments, VariationalStrategy):
         if not self.training:
             return super().forward(x, inducing_points, inducing_values,
                                    variational_inducing_covar, diag=diag, **kwargs)
-        _, mu_x, K_zz, K_zx, kxx, data_data, owned = self._prior_blocks(
+        _, mu_x, L_zz, K_zx, A_t, kxx, data_data, owned = self._prior(
             x, inducing_points, **kwargs)
-        eye = torch.eye(K_zz.shape[-1], dtype=K_zz.dtype, device=K_zz.device)
-        L_zz = psd_safe_cholesky((K_zz + self.jitter_val * eye).type(_linalg_dtype_cholesky.value()))
-        L_zz = L_zz.type(K_zx.dtype)
         m, S, _ = self.moments()
         if diag:
             mean, var = marginals(L_zz, K_zx, kxx + self.jitter_val, m, S, self._diagonal_q,
-                                  overwrite_K=owned)
+                                  overwrite_K=owned, solved=A_t)
             return MultivariateNormal(mu_x + mean, DiagLinearOperator(var))
-        return _full_output(mu_x, L_zz, K_zx, data_data().add_jitter(self.jitter_val), m, S,
+        return _full_output(mu_x, L_zz, K_zx, A_t, data_data().add_jitter(self.jitter_val), m, S,
                             self._diagonal_q)
+
+    def _factor(self, K_zz: Tensor) -> Tensor:
+        """GPyTorch's factor of ``K_zz + jitter·I`` (its ``psd_safe_cholesky``, in its Cholesky
+        dtype)."""
+        eye = torch.eye(K_zz.shape[-1], dtype=K_zz.dtype, device=K_zz.device)
+        L_zz = psd_safe_cholesky((K_zz + self.jitter_val * eye).type(_linalg_dtype_cholesky.value()))
+        return L_zz.type(K_zz.dtype)
 
     def kl_divergence(self) -> Tensor:
         """``KL(q(v) ‖ N(0, I)) [*b]`` in closed form from q's moments (no factorisation of S)."""
@@ -425,6 +487,7 @@ class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStra
     (GPyTorch's training form keeps only the diagonal of ``K_xx − Q_xx``: the variances agree,
     off-diagonal entries, which no GPyTorch likelihood reads in training, are the exact ones).
     Eval mode and ``x = Z`` run GPyTorch's own code with S handed over as its Cholesky factor.
+    A fixed prior's ``L_zz`` and ``A`` are kept as in :class:`NatviVariationalStrategy`.
 
     Example::
 
@@ -436,9 +499,8 @@ class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStra
         m, S, logdet = self.moments()
         if not self.training or torch.equal(x, inducing_points):
             return super().forward(x, inducing_points, m, self._q_factored(), diag=diag, **kwargs)
-        mu_z, mu_x, K_zz, K_zx, kxx, data_data, owned = self._prior_blocks(
+        mu_z, mu_x, L_zz, K_zx, A_t, kxx, data_data, owned = self._prior(
             x, inducing_points, **kwargs)
-        L_zz = self._factor(K_zz)
         whitened = whiten_q(m - mu_z, S, L_zz, self._diagonal_q, logdet)
         add_to_cache(self, "natvi_whitened_memo", whitened)
         # p(u) as GPyTorch's own training pass caches it: a wrapper's KL (the multi-output
@@ -447,8 +509,10 @@ class NatviUnwhitenedVariationalStrategy(_FromMoments, UnwhitenedVariationalStra
         add_to_cache(self, "prior_distribution_memo", MultivariateNormal(
             mu_z, CholLinearOperator(TriangularLinearOperator(L_zz))))
         if not diag:
-            return _full_output(mu_x, L_zz, K_zx, data_data(), whitened[0], whitened[1], False)
-        mean, var = marginals(L_zz, K_zx, kxx, whitened[0], whitened[1], False, overwrite_K=owned)
+            return _full_output(mu_x, L_zz, K_zx, A_t, data_data(), whitened[0], whitened[1],
+                                False)
+        mean, var = marginals(L_zz, K_zx, kxx, whitened[0], whitened[1], False, overwrite_K=owned,
+                              solved=A_t)
         return MultivariateNormal(mu_x + mean, DiagLinearOperator(var))
 
     @cached(name="natvi_factored_memo")
