@@ -107,10 +107,14 @@ def exact_predictive(
     return p, cond_mean.mean(0)
 
 
-def _row(split, method, y, p_int, p_plug, seconds, gap=float("nan")):
-    """One CSV row; ``gap`` is the largest ``|p_natvi − p_exact|`` on the split (natvi and exact
-    rows of one fit share it; NaN for the peer)."""
+def _row(split, method, y, p_int, p_plug, seconds, gaps=None):
+    """One CSV row; ``gaps`` are ``|p_natvi − p_exact|`` at the split's test points (natvi and
+    exact rows of one fit share them; NaN for the peer), reported as their 95th percentile and
+    maximum. The maximum carries the reference's own sampling error at its worst point (at 8000
+    draws 0.03–0.11 on split 0 as the fitted hyperparameters move in the last digits), the
+    95th percentile is stable (≈ 0.015)."""
     eps = 1e-15
+    gaps = np.full(1, np.nan) if gaps is None else gaps
     return {
         "split": split,
         "method": method,
@@ -118,7 +122,8 @@ def _row(split, method, y, p_int, p_plug, seconds, gap=float("nan")):
         "logloss_integrated": float(log_loss(y, np.clip(p_int, eps, 1 - eps), labels=[0, 1])),
         "logloss_plugin": float(log_loss(y, np.clip(p_plug, eps, 1 - eps), labels=[0, 1])),
         "seconds": seconds,
-        "max |p_natvi - p_exact|": gap,
+        "p95 |p_natvi - p_exact|": float(np.quantile(gaps, 0.95)),
+        "max |p_natvi - p_exact|": float(gaps.max()),
     }
 
 
@@ -137,10 +142,10 @@ def run_split(split: int, num_samples: int, with_sklearn: bool) -> tuple[list[di
         t0 = time.perf_counter()
         p_ex, mean_ex = exact_predictive(clf, X_tr, y_tr, X_te, num_samples, seed=split)
         seconds_ex = time.perf_counter() - t0
-        gap = float(np.abs(p - p_ex).max())
-        rows.append(_row(split, f"natvi {setting}", y_te, p, p_plug, seconds, gap))
+        gaps = np.abs(p - p_ex)
+        rows.append(_row(split, f"natvi {setting}", y_te, p, p_plug, seconds, gaps))
         rows.append(_row(split, f"exact ({setting} hypers)", y_te, p_ex, norm.cdf(mean_ex),
-                         seconds_ex, gap))
+                         seconds_ex, gaps))
         if setting == "default":
             pooled = {"y": y_te, "integrated": p, "plugin": p_plug}
     if with_sklearn:
@@ -242,8 +247,10 @@ def main(argv: list[str]) -> int:
         "Each cell pair is test log-loss with the integrated predictive and with the plug-in "
         "Φ(mean) of the same fit. `exact (... hypers)` rows sample the exact posterior of the "
         "model natvi fitted (same kernel, mean and likelihood; all training latents, no inducing "
-        "points); `max |p_natvi - p_exact|` is the largest gap between natvi's and the exact "
-        "predictive probability on the split. Where natvi's and the exact rows agree, a plug-in "
+        "points); `p95 |p_natvi - p_exact|` and `max |p_natvi - p_exact|` are the 95th percentile "
+        "and the largest of the gaps between natvi's and the exact predictive probability over "
+        "the split's test points (the largest includes the reference's own sampling error at "
+        "its worst point). Where natvi's and the exact rows agree, a plug-in "
         "win is a property of the fitted model, not of the variational approximation."
     )
     _common.write_report(
