@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,14 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 # whose exp(−t²) terms would underflow further out (erfc itself turns subnormal near
 # t = −37.5 in float64 and −13.2 in float32); beyond them torch's log_ndtr takes over.
 _TAIL = {torch.float64: -26.0, torch.float32: -9.0}
+
+
+@lru_cache(maxsize=64)
+def _probit_grid(w: Tensor, z: Tensor, wz: Tensor) -> tuple[Tensor, float, Tensor]:
+    """For the fused probit sums on a Gauss–Hermite grid ``(z, w, [w; w z])``: ``−log 2 Σ_k w_k``
+    (a 0-d tensor), ``max_k |z_k|`` and ``−(2/√π) [w; w z]``, once per grid (the grid tensors
+    are cached themselves; tensors hash by identity, so the key is those very tensors)."""
+    return w.sum() * -_LOG_2, float(z.abs().max()), wz * (-2.0 / math.sqrt(math.pi))
 
 
 def ndtr(t: Tensor) -> Tensor:
@@ -146,18 +155,22 @@ class Bernoulli(Likelihood):
         grid point with ``t`` below the dtype's tail threshold) the generic path is taken."""
         if self.link != "probit":
             return super()._gauss_hermite_sums(f_mean, sd, y, z, w, wz, grad)
-        c = (2.0 * y - 1.0) * -_SQRT_HALF  # −s/√2, [N]
-        u = torch.addr(c * f_mean, z, c * sd)  # −t/√2, [K, N]
-        if u.numel() and float(u.detach().max()) > _TAIL.get(u.dtype, -5.0) * -_SQRT_HALF:
+        log_half, z_abs, wz_k = _probit_grid(w, z, wz)
+        c = y.mul(-2.0 * _SQRT_HALF).add_(_SQRT_HALF)  # −s/√2 = √½ − √2 y, [N]
+        cf = c * f_mean
+        # (the grid's largest u, bounded per datum by cf + max|z| sd/√2: no pass over [K, N])
+        if cf.numel() and float(torch.add(cf, sd, alpha=z_abs * _SQRT_HALF).max()) > (
+                _TAIL.get(cf.dtype, -5.0) * -_SQRT_HALF):
             return super()._gauss_hermite_sums(f_mean, sd, y, z, w, wz, grad)
+        u = torch.addr(cf, z, c * sd)  # −t/√2, [K, N]
         log_erfc = torch.special.erfc(u).log_()
-        value = w @ log_erfc - _LOG_2 * w.sum()
+        value = torch.addmv(log_half, log_erfc.mT, w)  # Σ_k w_k (log erfc(u_k) − log 2)
         if not grad:
             return value, None, None
         e = torch.addcmul(log_erfc, u, u).neg_().exp_()  # e^{−u²} / erfc(u)
-        g_mean, g_var = wz @ e
-        k = c * -(2.0 * _SQRT_HALF * _SQRT_2_OVER_PI)  # s √(2/π) (since −c √2 = s)
-        return value, k * g_mean, k * g_var
+        # s √(2/π) Σ_k [w_k; w_k z_k] e_k, with s √(2/π) = c · (−2/√π) folded into the weights
+        g_mean, g_var = (wz_k @ e).mul_(c)
+        return value, g_mean, g_var
 
     def conditional_mean(self, F: Tensor) -> Tensor:
         return ndtr(F) if self.link == "probit" else torch.sigmoid(F)
